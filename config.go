@@ -1,0 +1,214 @@
+package main
+
+import (
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ingress-acme/ingress-acme/acme"
+)
+
+type cryptoSigner = crypto.Signer
+
+// Config is every setting of the controller, filled from flags (each with an
+// environment variable fallback, INGRESS_ACME_<FLAG_NAME>) and validated once.
+type Config struct {
+	Kubeconfig          string
+	ACMEDirectory       string
+	ACMEEmail           string
+	ACMECABundle        string
+	EABKeyID            string
+	EABHMAC             string
+	Namespace           string
+	ControllerNamespace string
+	ChallengeAddr       string
+	MetricsAddr         string
+	SolverAddress       string
+	SolverAddressType   string
+	SolverPort          int32
+	SolverService       string
+	SelfCheckAddress    string
+	SelfCheckTimeout    time.Duration
+	Workers             int
+	RenewBefore         time.Duration
+	MaxOrdersPerHour    int
+	RetryBase           time.Duration
+	RetryMax            time.Duration
+	LeaderElect         bool
+	LeaderElectionID    string
+	APIQPS              float32
+	APIBurst            int
+	LogFormat           string
+	LogLevel            slog.Level
+	Version             bool
+}
+
+// parseFlags fills a Config from args, falling back to getenv for each flag not
+// given, and validates it.
+func parseFlags(args []string, getenv func(string) string) (Config, error) {
+	var c Config
+	hostname, _ := os.Hostname()
+	fs := pflag.NewFlagSet("ingress-acme", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty: the in-cluster service account")
+	fs.StringVar(&c.ACMEDirectory, "acme-directory", acme.LetsEncrypt, "ACME directory URL (Let's Encrypt staging: "+acme.LetsEncryptStaging+")")
+	fs.StringVar(&c.ACMEEmail, "acme-email", "", "contact email for the ACME account (optional; the CA may send expiry notices)")
+	fs.StringVar(&c.ACMECABundle, "acme-ca-bundle", "", "PEM file of extra roots to trust for the ACME directory's TLS (e.g. a test CA's)")
+	fs.StringVar(&c.EABKeyID, "acme-eab-key-id", "", "External Account Binding key identifier, for CAs that require one")
+	fs.StringVar(&c.EABHMAC, "acme-eab-hmac", "", "External Account Binding HMAC key (base64url)")
+	fs.StringVar(&c.Namespace, "namespace", "", "watch only this namespace's Ingresses; empty: all namespaces")
+	fs.StringVar(&c.ControllerNamespace, "controller-namespace", "ingress-acme", "namespace of the controller's own ACME account Secret and leader Lease")
+	fs.StringVar(&c.ChallengeAddr, "challenge-addr", ":8089", "listen address of the HTTP-01 challenge server")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":9402", "listen address of /metrics, /healthz and /readyz")
+	fs.StringVar(&c.SolverAddress, "solver-address", "", "address the solver EndpointSlice advertises for the challenge server (in a cluster: the pod IP, from the downward API as POD_IP)")
+	fs.StringVar(&c.SolverAddressType, "solver-address-type", "auto", "EndpointSlice addressType: IPv4, IPv6, FQDN, or auto (from the address)")
+	fs.Int32Var(&c.SolverPort, "solver-port", 0, "port the solver EndpointSlice advertises; 0: the challenge server's listen port")
+	fs.StringVar(&c.SolverService, "solver-service", "ingress-acme-solver", "name of the solver Service and EndpointSlice created in each namespace with challenges")
+	fs.StringVar(&c.SelfCheckAddress, "self-check-address", "", "host:port to send self-checks to (the ingress controller's in-cluster HTTP address, with the Host header set), for clusters without hairpin NAT; empty: the host itself")
+	fs.DurationVar(&c.SelfCheckTimeout, "self-check-timeout", 2*time.Minute, "how long a challenge may take to answer through the ingress")
+	fs.IntVar(&c.Workers, "workers", 16, "certificates processed concurrently")
+	fs.DurationVar(&c.RenewBefore, "renew-before", 0, "renew this long before expiry when the CA offers no renewal information (ARI); 0: when a third of the lifetime remains")
+	fs.IntVar(&c.MaxOrdersPerHour, "max-orders-per-hour", 5, "most orders for one certificate in any hour, to spare the CA's rate limits")
+	fs.DurationVar(&c.RetryBase, "retry-base", 30*time.Second, "first backoff after a failed order; doubles per failure")
+	fs.DurationVar(&c.RetryMax, "retry-max", 6*time.Hour, "longest backoff after failed orders")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "run the controller only while holding the Lease ingress-acme in --controller-namespace")
+	fs.StringVar(&c.LeaderElectionID, "leader-election-id", hostname, "identity in the Lease (in a cluster: the pod name)")
+	fs.Float32Var(&c.APIQPS, "api-qps", 50, "requests per second to the Kubernetes API")
+	fs.IntVar(&c.APIBurst, "api-burst", 100, "burst of requests to the Kubernetes API")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: ingress-acme [flags]\n\nEvery flag can also be set with the environment variable INGRESS_ACME_<FLAG_NAME>\n(e.g. INGRESS_ACME_ACME_EMAIL).\n\n%s", fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+		}
+	})
+	if c.Kubeconfig == "" && !fs.Changed("kubeconfig") {
+		c.Kubeconfig = getenv("KUBECONFIG")
+	}
+	if c.SolverAddress == "" {
+		c.SolverAddress = getenv("POD_IP")
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+	return c, c.validate()
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if u, err := url.Parse(c.ACMEDirectory); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("--acme-directory %q: want an http(s) URL", c.ACMEDirectory))
+	}
+	if (c.EABKeyID == "") != (c.EABHMAC == "") {
+		errs = append(errs, errors.New("--acme-eab-key-id and --acme-eab-hmac go together"))
+	}
+	if c.ControllerNamespace == "" {
+		errs = append(errs, errors.New("--controller-namespace is required"))
+	}
+	if c.SolverAddress == "" {
+		errs = append(errs, errors.New("--solver-address is required (in a cluster, set POD_IP from the downward API)"))
+	}
+	switch strings.ToLower(c.SolverAddressType) {
+	case "auto":
+		switch ip := net.ParseIP(c.SolverAddress); {
+		case ip == nil:
+			c.SolverAddressType = "FQDN"
+		case ip.To4() != nil:
+			c.SolverAddressType = "IPv4"
+		default:
+			c.SolverAddressType = "IPv6"
+		}
+	case "ipv4":
+		c.SolverAddressType = "IPv4"
+	case "ipv6":
+		c.SolverAddressType = "IPv6"
+	case "fqdn":
+		c.SolverAddressType = "FQDN"
+	default:
+		errs = append(errs, fmt.Errorf("--solver-address-type %q: want IPv4, IPv6, FQDN or auto", c.SolverAddressType))
+	}
+	if c.Workers < 1 {
+		errs = append(errs, errors.New("--workers must be at least 1"))
+	}
+	if c.MaxOrdersPerHour < 1 {
+		errs = append(errs, errors.New("--max-orders-per-hour must be at least 1"))
+	}
+	if c.RetryBase <= 0 || c.RetryMax < c.RetryBase {
+		errs = append(errs, errors.New("--retry-base must be positive and at most --retry-max"))
+	}
+	if c.SelfCheckTimeout <= 0 {
+		errs = append(errs, errors.New("--self-check-timeout must be positive"))
+	}
+	if c.LeaderElect && c.LeaderElectionID == "" {
+		errs = append(errs, errors.New("--leader-election-id is required with --leader-elect"))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+// leaderState is who leads, for /readyz. Safe for concurrent use.
+type leaderState struct {
+	// mu guards identity and self.
+	mu       sync.Mutex
+	identity string
+	self     bool
+}
+
+func (l *leaderState) set(identity string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.identity = identity
+	if identity == "self" {
+		l.self = true
+	}
+}
+
+func (l *leaderState) setSelf(self bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.self = self
+}
+
+func (l *leaderState) get() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.identity
+}
+
+func (l *leaderState) isSelf() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.self
+}
+
+func metav1ObjectMeta(namespace, name string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: namespace, Name: name}
+}

@@ -1,0 +1,304 @@
+// Command ingress-acme gives every Kubernetes Ingress annotated with
+// kubernetes.io/tls-acme: "true" a trusted certificate from an ACME CA, renewed
+// before it expires, with HTTP-01 challenges answered in-process.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/klog/v2"
+
+	"github.com/ingress-acme/ingress-acme/acme"
+	"github.com/ingress-acme/ingress-acme/metrics"
+	"github.com/ingress-acme/ingress-acme/secrets"
+	"github.com/ingress-acme/ingress-acme/solver"
+	"github.com/ingress-acme/ingress-acme/watcher"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:], os.Getenv)
+	if errors.Is(err, pflag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ingress-acme:", err)
+		os.Exit(2)
+	}
+	if cfg.Version {
+		fmt.Println(version)
+		return
+	}
+	logger := newLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
+	klog.SetSlogLogger(logger)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, logger); err != nil {
+		logger.Error("exiting", "err", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(w *os.File, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// run wires everything and runs until ctx ends or a part fails.
+func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	restCfg, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.QPS, restCfg.Burst = cfg.APIQPS, cfg.APIBurst
+	restCfg.UserAgent = "ingress-acme/" + version
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg, version)
+
+	challengeLn, err := net.Listen("tcp", cfg.ChallengeAddr)
+	if err != nil {
+		return fmt.Errorf("challenge server: %w", err)
+	}
+	metricsLn, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		challengeLn.Close()
+		return fmt.Errorf("metrics server: %w", err)
+	}
+	solverPort := cfg.SolverPort
+	if solverPort == 0 {
+		solverPort = int32(challengeLn.Addr().(*net.TCPAddr).Port)
+	}
+
+	acmeHTTP, err := acmeHTTPClient(cfg.ACMECABundle)
+	if err != nil {
+		return err
+	}
+	var eab *acme.EAB
+	if cfg.EABKeyID != "" {
+		eab = &acme.EAB{KeyID: cfg.EABKeyID, HMAC: cfg.EABHMAC}
+	}
+	acmeClient, err := acme.New(acme.Config{
+		DirectoryURL: cfg.ACMEDirectory,
+		Email:        cfg.ACMEEmail,
+		EAB:          eab,
+		HTTPClient:   acmeHTTP,
+		Keys:         secrets.NewAccountKeys(client, cfg.ControllerNamespace),
+		Logger:       logger,
+		Observe:      m.ACMERequest,
+	})
+	if err != nil {
+		return err
+	}
+	challenges := solver.NewServer(m.ChallengeRequest)
+	ctrl, err := watcher.New(watcher.Config{
+		Client:     client,
+		Namespace:  cfg.Namespace,
+		Issuer:     issuer{acmeClient},
+		Secrets:    secrets.NewStore(client),
+		Challenges: challenges,
+		Solver: solver.NewServices(client, cfg.SolverService, solver.Endpoint{
+			Address: cfg.SolverAddress, AddressType: discoveryv1.AddressType(cfg.SolverAddressType), Port: solverPort,
+		}),
+		SelfCheck:        solver.NewSelfCheck(cfg.SelfCheckAddress, cfg.SelfCheckTimeout, m.SelfCheck),
+		Metrics:          m,
+		Logger:           logger,
+		SecretSelector:   secrets.Selector,
+		Workers:          cfg.Workers,
+		RenewBefore:      cfg.RenewBefore,
+		MaxOrdersPerHour: cfg.MaxOrdersPerHour,
+		RetryBase:        cfg.RetryBase,
+		RetryMax:         cfg.RetryMax,
+		Resync:           10 * time.Hour,
+	})
+	if err != nil {
+		return err
+	}
+
+	var leading leaderState
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics.Handler(reg))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if problem := ready(ctrl, &leading, cfg.LeaderElect); problem != "" {
+			http.Error(w, problem, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	servers := []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{
+		{solver.NewHTTPServer(cfg.ChallengeAddr, challenges), challengeLn},
+		{&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}, metricsLn},
+	}
+	logger.Info("starting", "version", version, "directory", cfg.ACMEDirectory, "namespace", cfg.Namespace,
+		"challenge_addr", challengeLn.Addr().String(), "metrics_addr", metricsLn.Addr().String(),
+		"solver_endpoint", net.JoinHostPort(cfg.SolverAddress, strconv.Itoa(int(solverPort))))
+
+	g, ctx := errgroup.WithContext(ctx)
+	for _, s := range servers {
+		g.Go(func() error {
+			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-ctx.Done()
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return s.srv.Shutdown(shutdownCtx)
+		})
+	}
+	g.Go(func() error {
+		if !cfg.LeaderElect {
+			leading.set("self")
+			return ctrl.Run(ctx)
+		}
+		return runLeaderElected(ctx, cfg, client, logger, &leading, ctrl.Run)
+	})
+	return g.Wait()
+}
+
+// ready says why the process is not ready, "" when it is.
+func ready(ctrl *watcher.Controller, leading *leaderState, electing bool) string {
+	if electing && leading.get() == "" {
+		return "leader not known"
+	}
+	if leading.isSelf() && !ctrl.Ready() {
+		return "caches not synced"
+	}
+	return ""
+}
+
+// runLeaderElected runs work while this process holds the Lease; losing it ends
+// the process (a fresh start is the simplest correct way back to a follower).
+func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interface, logger *slog.Logger, leading *leaderState, work func(context.Context) error) error {
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1ObjectMeta(cfg.ControllerNamespace, "ingress-acme"),
+		Client:     client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.LeaderElectionID},
+	}
+	errc := make(chan error, 1)
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   15 * time.Second,
+		RenewDeadline:   10 * time.Second,
+		RetryPeriod:     2 * time.Second,
+		ReleaseOnCancel: true,
+		Name:            "ingress-acme",
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				logger.Info("leading", "identity", cfg.LeaderElectionID)
+				errc <- work(ctx)
+			},
+			OnStoppedLeading: func() {},
+			OnNewLeader: func(identity string) {
+				leading.set(identity)
+				leading.setSelf(identity == cfg.LeaderElectionID)
+				logger.Info("leader", "identity", identity)
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("leader election: %w", err)
+	}
+	le.Run(ctx)
+	select {
+	case err := <-errc:
+		return err
+	default:
+	}
+	if ctx.Err() == nil {
+		return errors.New("lost leadership")
+	}
+	return nil
+}
+
+// issuer adapts acme.Client to watcher.Issuer.
+type issuer struct{ *acme.Client }
+
+func (i issuer) Issue(ctx context.Context, hosts []string, key cryptoSigner, replaces *x509.Certificate, present watcher.PresentFunc) ([]byte, error) {
+	return i.Client.Issue(ctx, hosts, key, replaces, func(ctx context.Context, chs []acme.Challenge) error {
+		out := make([]watcher.Challenge, len(chs))
+		for i, c := range chs {
+			out[i] = watcher.Challenge(c)
+		}
+		return present(ctx, out)
+	})
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		c, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster config (pass --kubeconfig outside a cluster): %w", err)
+		}
+		return c, nil
+	}
+	c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return c, nil
+}
+
+// acmeHTTPClient trusts the system roots plus those in bundle (a PEM file).
+func acmeHTTPClient(bundle string) (*http.Client, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if bundle != "" {
+		pem, err := os.ReadFile(bundle)
+		if err != nil {
+			return nil, fmt.Errorf("acme CA bundle: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("acme CA bundle %s: no PEM certificate in it", bundle)
+		}
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	t.MaxIdleConnsPerHost = 32
+	return &http.Client{Transport: t, Timeout: 30 * time.Second}, nil
+}
+
+func envName(flag string) string {
+	return "INGRESS_ACME_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}

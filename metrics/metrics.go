@@ -1,0 +1,136 @@
+// Package metrics holds ingress-acme's Prometheus collectors, registered on a
+// registry the caller passes in, and the handler that serves them.
+package metrics
+
+import (
+	"net/http"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const namespace = "ingress_acme"
+
+// Metrics are the controller's collectors. Its methods are safe for concurrent use.
+type Metrics struct {
+	certExpiry        *prometheus.GaugeVec
+	certRenewal       *prometheus.GaugeVec
+	certReady         *prometheus.GaugeVec
+	issuances         *prometheus.CounterVec
+	orderDuration     *prometheus.HistogramVec
+	acmeRequests      *prometheus.CounterVec
+	acmeDuration      *prometheus.HistogramVec
+	challengeRequests *prometheus.CounterVec
+	selfChecks        *prometheus.CounterVec
+}
+
+// New creates the collectors and registers them, with a build_info gauge for
+// version, on reg. It panics if reg already holds collectors of the same names,
+// which is a programming error.
+func New(reg prometheus.Registerer, version string) *Metrics {
+	cert := []string{"namespace", "secret"}
+	m := &Metrics{
+		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "certificate_expiry_timestamp_seconds",
+			Help: "When the certificate in the Secret expires (not-after), as a Unix time. Only for certificates that exist.",
+		}, cert),
+		certRenewal: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "certificate_renewal_timestamp_seconds",
+			Help: "When the certificate is next due for renewal, as a Unix time. Only for certificates that exist.",
+		}, cert),
+		certReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "certificate_ready",
+			Help: "1 when the Secret holds a valid certificate for every host its Ingresses ask for, else 0. Only for certificates that exist.",
+		}, cert),
+		issuances: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "issuances_total",
+			Help: "Certificate orders completed, by kind (issue: no usable certificate before; renew) and outcome (success, failure).",
+		}, []string{"kind", "outcome"}),
+		orderDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "order_duration_seconds",
+			Help:    "Time from deciding to order a certificate to the Secret written (or the failure), by kind and outcome.",
+			Buckets: []float64{0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"kind", "outcome"}),
+		acmeRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "acme_requests_total",
+			Help: "HTTP requests to the ACME CA, by endpoint kind and status code (0: no response).",
+		}, []string{"endpoint", "code"}),
+		acmeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "acme_request_duration_seconds",
+			Help:    "Duration of HTTP requests to the ACME CA, by endpoint kind.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}, []string{"endpoint"}),
+		challengeRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "challenge_requests_total",
+			Help: "Requests to the HTTP-01 challenge server, by outcome (served, not_found, bad_request).",
+		}, []string{"outcome"}),
+		selfChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "self_checks_total",
+			Help: "Attempts to fetch a challenge through the ingress before asking the CA, by outcome (ok, fail).",
+		}, []string{"outcome"}),
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "Always 1; the labels tell the version and Go version.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	info.Set(1)
+	reg.MustRegister(m.certExpiry, m.certRenewal, m.certReady, m.issuances, m.orderDuration,
+		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, info)
+	return m
+}
+
+// Handler serves the metrics gathered from g in the Prometheus text format.
+func Handler(g prometheus.Gatherer) http.Handler {
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// SetCertificate records the certificate in namespace/secret: its expiry, when it
+// is next due for renewal, and whether it is ready.
+func (m *Metrics) SetCertificate(namespace, secret string, notAfter, renewAt time.Time, ready bool) {
+	m.certExpiry.WithLabelValues(namespace, secret).Set(float64(notAfter.Unix()))
+	m.certRenewal.WithLabelValues(namespace, secret).Set(float64(renewAt.Unix()))
+	r := 0.0
+	if ready {
+		r = 1
+	}
+	m.certReady.WithLabelValues(namespace, secret).Set(r)
+}
+
+// DeleteCertificate drops the series of namespace/secret, for a certificate that
+// no longer exists or is no longer wanted.
+func (m *Metrics) DeleteCertificate(namespace, secret string) {
+	m.certExpiry.DeleteLabelValues(namespace, secret)
+	m.certRenewal.DeleteLabelValues(namespace, secret)
+	m.certReady.DeleteLabelValues(namespace, secret)
+}
+
+// Issuance counts one completed order of kind ("issue" or "renew") with outcome
+// ("success" or "failure") that took d.
+func (m *Metrics) Issuance(kind, outcome string, d time.Duration) {
+	m.issuances.WithLabelValues(kind, outcome).Inc()
+	m.orderDuration.WithLabelValues(kind, outcome).Observe(d.Seconds())
+}
+
+// ACMERequest counts one HTTP request to the CA.
+func (m *Metrics) ACMERequest(endpoint string, code int, took time.Duration) {
+	m.acmeRequests.WithLabelValues(endpoint, strconv.Itoa(code)).Inc()
+	m.acmeDuration.WithLabelValues(endpoint).Observe(took.Seconds())
+}
+
+// ChallengeRequest counts one request to the challenge server.
+func (m *Metrics) ChallengeRequest(outcome string) {
+	m.challengeRequests.WithLabelValues(outcome).Inc()
+}
+
+// SelfCheck counts one self-check attempt.
+func (m *Metrics) SelfCheck(ok bool) {
+	outcome := "fail"
+	if ok {
+		outcome = "ok"
+	}
+	m.selfChecks.WithLabelValues(outcome).Inc()
+}

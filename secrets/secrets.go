@@ -1,0 +1,294 @@
+// Package secrets builds, parses and writes the kubernetes.io/tls Secrets that hold
+// ingress-acme's certificates, generates their private keys, keeps the ACME account
+// keys, and says when a certificate is due for renewal.
+//
+// A Secret is ours when it carries the label LabelManagedBy=ManagedBy. Nothing in
+// this package ever modifies a Secret that is not ours.
+package secrets
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Labels and annotations on the Secrets this package writes.
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "ingress-acme"
+
+	AnnotationHosts     = "ingress-acme.io/hosts"
+	AnnotationNotAfter  = "ingress-acme.io/not-after"
+	AnnotationDirectory = "ingress-acme.io/directory"
+	AnnotationKeyType   = "ingress-acme.io/key-type"
+	AnnotationSerial    = "ingress-acme.io/serial"
+)
+
+// Selector is the label selector that matches exactly the Secrets we own; the
+// Secret informer lists with it so its memory does not grow with the cluster's
+// other Secrets.
+const Selector = LabelManagedBy + "=" + ManagedBy
+
+// KeyType names a certificate private key algorithm.
+type KeyType string
+
+// The key types a certificate can have.
+const (
+	ECDSAP256 KeyType = "ecdsa-p256"
+	ECDSAP384 KeyType = "ecdsa-p384"
+	RSA2048   KeyType = "rsa-2048"
+	RSA4096   KeyType = "rsa-4096"
+)
+
+// DefaultKeyType is used when an Ingress does not ask for one.
+const DefaultKeyType = ECDSAP256
+
+// KeyTypes lists every supported key type, in the order the help text shows them.
+var KeyTypes = []KeyType{ECDSAP256, ECDSAP384, RSA2048, RSA4096}
+
+// ParseKeyType returns the key type named s, or an error naming the valid ones.
+func ParseKeyType(s string) (KeyType, error) {
+	kt := KeyType(strings.ToLower(strings.TrimSpace(s)))
+	if slices.Contains(KeyTypes, kt) {
+		return kt, nil
+	}
+	return "", fmt.Errorf("unknown key type %q (want one of %s)", s, joinKeyTypes())
+}
+
+func joinKeyTypes() string {
+	names := make([]string, len(KeyTypes))
+	for i, k := range KeyTypes {
+		names[i] = string(k)
+	}
+	return strings.Join(names, ", ")
+}
+
+// GenerateKey returns a new private key of type kt.
+func GenerateKey(kt KeyType) (crypto.Signer, error) {
+	switch kt {
+	case ECDSAP256:
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case ECDSAP384:
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case RSA2048:
+		return rsa.GenerateKey(rand.Reader, 2048)
+	case RSA4096:
+		return rsa.GenerateKey(rand.Reader, 4096)
+	}
+	return nil, fmt.Errorf("unknown key type %q", kt)
+}
+
+// keyTypeOf tells the KeyType of a public key, or "" for anything else.
+func keyTypeOf(pub crypto.PublicKey) KeyType {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return ECDSAP256
+		case elliptic.P384():
+			return ECDSAP384
+		}
+	case *rsa.PublicKey:
+		switch k.N.BitLen() {
+		case 2048:
+			return RSA2048
+		case 4096:
+			return RSA4096
+		}
+	}
+	return ""
+}
+
+// EncodeKey returns key as PEM: SEC 1 for ECDSA, PKCS #1 for RSA, the encodings
+// every ingress controller reads.
+func EncodeKey(key crypto.Signer) ([]byte, error) {
+	switch k := key.(type) {
+	case *ecdsa.PrivateKey:
+		der, err := x509.MarshalECPrivateKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("encode ecdsa key: %w", err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+	case *rsa.PrivateKey:
+		return pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}), nil
+	}
+	return nil, fmt.Errorf("unsupported key type %T", key)
+}
+
+// DecodeKey parses the first private key PEM block of data (SEC 1, PKCS #1 or
+// PKCS #8). Its errors never include the key material.
+func DecodeKey(data []byte) (crypto.Signer, error) {
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			return nil, errors.New("no private key PEM block")
+		}
+		switch block.Type {
+		case "EC PRIVATE KEY":
+			k, err := x509.ParseECPrivateKey(block.Bytes)
+			if err != nil {
+				return nil, errors.New("invalid EC private key")
+			}
+			return k, nil
+		case "RSA PRIVATE KEY":
+			k, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+			if err != nil {
+				return nil, errors.New("invalid RSA private key")
+			}
+			return k, nil
+		case "PRIVATE KEY":
+			k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+			if err != nil {
+				return nil, errors.New("invalid PKCS #8 private key")
+			}
+			s, ok := k.(crypto.Signer)
+			if !ok {
+				return nil, fmt.Errorf("unsupported private key type %T", k)
+			}
+			return s, nil
+		}
+	}
+}
+
+// Owned reports whether s is a Secret we manage. A nil Secret is not owned.
+func Owned(s *corev1.Secret) bool {
+	return s != nil && s.Labels[LabelManagedBy] == ManagedBy
+}
+
+// Certificate is what a Secret of ours holds, parsed.
+type Certificate struct {
+	Leaf      *x509.Certificate
+	Chain     []*x509.Certificate // Leaf first
+	KeyType   KeyType
+	Directory string // the ACME directory that issued it, from its annotation
+}
+
+// Parse reads a certificate Secret: tls.crt must be a PEM chain whose first
+// certificate matches the private key in tls.key. It returns an error for a
+// Secret that is missing either, unparsable or mismatched; the error never
+// contains key material.
+func Parse(s *corev1.Secret) (*Certificate, error) {
+	if s == nil {
+		return nil, errors.New("no secret")
+	}
+	chain, err := DecodeChain(s.Data[corev1.TLSCertKey])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", corev1.TLSCertKey, err)
+	}
+	key, err := DecodeKey(s.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", corev1.TLSPrivateKeyKey, err)
+	}
+	if !publicKeysEqual(chain[0].PublicKey, key.Public()) {
+		return nil, errors.New("tls.key does not match the certificate in tls.crt")
+	}
+	return &Certificate{
+		Leaf:      chain[0],
+		Chain:     chain,
+		KeyType:   keyTypeOf(key.Public()),
+		Directory: s.Annotations[AnnotationDirectory],
+	}, nil
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	e, ok := a.(equaler)
+	return ok && e.Equal(b)
+}
+
+// DecodeChain parses every CERTIFICATE block of a PEM bundle, leaf first.
+func DecodeChain(data []byte) ([]*x509.Certificate, error) {
+	var chain []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("parse certificate: %w", err)
+		}
+		chain = append(chain, c)
+	}
+	if len(chain) == 0 {
+		return nil, errors.New("no certificate PEM block")
+	}
+	return chain, nil
+}
+
+// Covers reports whether the certificate names every host in hosts (exact names,
+// compared case-insensitively).
+func (c *Certificate) Covers(hosts []string) bool {
+	for _, h := range hosts {
+		if !slices.ContainsFunc(c.Leaf.DNSNames, func(n string) bool { return strings.EqualFold(n, h) }) {
+			return false
+		}
+	}
+	return true
+}
+
+// RenewAt is when the certificate should be renewed without renewal information
+// from the CA: renewBefore ahead of expiry when that is positive and shorter than
+// the certificate's lifetime, else when a third of its lifetime remains.
+func (c *Certificate) RenewAt(renewBefore time.Duration) time.Time {
+	lifetime := c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)
+	if renewBefore <= 0 || renewBefore >= lifetime {
+		renewBefore = lifetime / 3
+	}
+	return c.Leaf.NotAfter.Add(-renewBefore)
+}
+
+// Build returns the kubernetes.io/tls Secret namespace/name holding chainPEM
+// (leaf first) and key, labelled as ours and annotated with its hosts, expiry,
+// serial, key type and issuing directory.
+func Build(namespace, name string, chainPEM []byte, key crypto.Signer, directory string) (*corev1.Secret, error) {
+	chain, err := DecodeChain(chainPEM)
+	if err != nil {
+		return nil, err
+	}
+	if !publicKeysEqual(chain[0].PublicKey, key.Public()) {
+		return nil, errors.New("the issued certificate does not match the private key")
+	}
+	keyPEM, err := EncodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	leaf := chain[0]
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      name,
+			Namespace: namespace,
+			Labels:    map[string]string{LabelManagedBy: ManagedBy},
+			Annotations: map[string]string{
+				AnnotationHosts:     strings.Join(leaf.DNSNames, ","),
+				AnnotationNotAfter:  leaf.NotAfter.UTC().Format(time.RFC3339),
+				AnnotationSerial:    fmt.Sprintf("%x", leaf.SerialNumber),
+				AnnotationKeyType:   string(keyTypeOf(key.Public())),
+				AnnotationDirectory: directory,
+			},
+		},
+		Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{
+			corev1.TLSCertKey:       bytes.Clone(chainPEM),
+			corev1.TLSPrivateKeyKey: keyPEM,
+		},
+	}, nil
+}

@@ -1,0 +1,155 @@
+package solver
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Endpoint is where the challenge server can be reached from the ingress
+// controller: in a cluster the pod IP (AddressType IPv4 or IPv6) and the
+// challenge port.
+type Endpoint struct {
+	Address     string
+	AddressType discoveryv1.AddressType
+	Port        int32
+}
+
+// Services keeps, in each namespace that has a challenge, a selector-less Service
+// (port 80) and an EndpointSlice naming Endpoint, so that an Ingress path can
+// route to the challenge server. It is safe for concurrent use.
+type Services struct {
+	client   kubernetes.Interface
+	name     string
+	endpoint Endpoint
+}
+
+// NewServices returns Services that write through client a Service and
+// EndpointSlice called name.
+func NewServices(client kubernetes.Interface, name string, endpoint Endpoint) *Services {
+	return &Services{client: client, name: name, endpoint: endpoint}
+}
+
+// Name is the Service's name, the backend of every challenge path.
+func (s *Services) Name() string { return s.name }
+
+const managedBy = "ingress-acme"
+
+// Ensure makes the Service and its EndpointSlice in namespace exist and point at
+// the endpoint. It reads both and writes only what is missing or differs, so it
+// costs two reads when all is in place.
+func (s *Services) Ensure(ctx context.Context, namespace string) error {
+	if err := s.ensureService(ctx, namespace); err != nil {
+		return err
+	}
+	return s.ensureSlice(ctx, namespace)
+}
+
+func (s *Services) labels() map[string]string {
+	return map[string]string{"app.kubernetes.io/managed-by": managedBy}
+}
+
+func (s *Services) ensureService(ctx context.Context, namespace string) error {
+	api := s.client.CoreV1().Services(namespace)
+	want := corev1.ServicePort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}
+	svc, err := api.Get(ctx, s.name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		svc = &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: namespace, Labels: s.labels()},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{want}},
+		}
+		_, err = api.Create(ctx, svc, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("create service %s/%s: %w", namespace, s.name, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get service %s/%s: %w", namespace, s.name, err)
+	}
+	if svc.Labels["app.kubernetes.io/managed-by"] != managedBy {
+		return fmt.Errorf("service %s/%s exists and is not managed by ingress-acme", namespace, s.name)
+	}
+	if len(svc.Spec.Selector) == 0 && slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool {
+		return p.Name == want.Name && p.Port == want.Port
+	}) {
+		return nil
+	}
+	svc = svc.DeepCopy()
+	svc.Spec.Selector = nil
+	svc.Spec.Ports = []corev1.ServicePort{want}
+	if _, err := api.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update service %s/%s: %w", namespace, s.name, err)
+	}
+	return nil
+}
+
+func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
+	api := s.client.DiscoveryV1().EndpointSlices(namespace)
+	name, protocol, ready := "http", corev1.ProtocolTCP, true
+	port := s.endpoint.Port
+	want := discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      s.name,
+			Namespace: namespace,
+			Labels: map[string]string{
+				discoveryv1.LabelServiceName:  s.name,
+				discoveryv1.LabelManagedBy:    managedBy,
+				"app.kubernetes.io/managed-by": managedBy,
+			},
+		},
+		AddressType: s.endpoint.AddressType,
+		Endpoints: []discoveryv1.Endpoint{{
+			Addresses:  []string{s.endpoint.Address},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+		}},
+		Ports: []discoveryv1.EndpointPort{{Name: &name, Protocol: &protocol, Port: &port}},
+	}
+	cur, err := api.Get(ctx, s.name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = api.Create(ctx, &want, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create endpointslice %s/%s: %w", namespace, s.name, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get endpointslice %s/%s: %w", namespace, s.name, err)
+	}
+	if cur.Labels[discoveryv1.LabelManagedBy] != managedBy {
+		return fmt.Errorf("endpointslice %s/%s exists and is not managed by ingress-acme", namespace, s.name)
+	}
+	if cur.AddressType == want.AddressType && sliceMatches(cur, s.endpoint) {
+		return nil
+	}
+	if cur.AddressType != want.AddressType { // immutable: replace the slice
+		if err := api.Delete(ctx, s.name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("replace endpointslice %s/%s: %w", namespace, s.name, err)
+		}
+		if _, err := api.Create(ctx, &want, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create endpointslice %s/%s: %w", namespace, s.name, err)
+		}
+		return nil
+	}
+	want.ResourceVersion = cur.ResourceVersion
+	if _, err := api.Update(ctx, &want, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update endpointslice %s/%s: %w", namespace, s.name, err)
+	}
+	return nil
+}
+
+func sliceMatches(s *discoveryv1.EndpointSlice, e Endpoint) bool {
+	return len(s.Endpoints) == 1 && slices.Equal(s.Endpoints[0].Addresses, []string{e.Address}) &&
+		s.Endpoints[0].Conditions.Ready != nil && *s.Endpoints[0].Conditions.Ready &&
+		len(s.Ports) == 1 && s.Ports[0].Port != nil && *s.Ports[0].Port == e.Port &&
+		s.Ports[0].Name != nil && *s.Ports[0].Name == "http"
+}

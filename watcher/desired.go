@@ -1,0 +1,290 @@
+package watcher
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	networkingv1 "k8s.io/api/networking/v1"
+)
+
+// The annotations a user puts on an Ingress.
+const (
+	// AnnotationTLSACME opts an Ingress in, with the value "true" (the convention
+	// kube-lego started).
+	AnnotationTLSACME = "kubernetes.io/tls-acme"
+	// AnnotationPrefix is the prefix of every option of ours.
+	AnnotationPrefix = "ingress-acme.io/"
+	// AnnotationKeyType chooses the private key type: ecdsa-p256 (default),
+	// ecdsa-p384, rsa-2048 or rsa-4096.
+	AnnotationKeyType = AnnotationPrefix + "key-type"
+	// AnnotationPathType chooses the pathType of the challenge paths: Exact
+	// (default), Prefix or ImplementationSpecific, for controllers that need it.
+	AnnotationPathType = AnnotationPrefix + "path-type"
+)
+
+// KeyTypes are the values AnnotationKeyType takes; the first is the default.
+var KeyTypes = []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-4096"}
+
+var pathTypes = []networkingv1.PathType{networkingv1.PathTypeExact, networkingv1.PathTypePrefix, networkingv1.PathTypeImplementationSpecific}
+
+// optedIn reports whether ing asks for certificates.
+func optedIn(ing *networkingv1.Ingress) bool {
+	return strings.EqualFold(strings.TrimSpace(ing.Annotations[AnnotationTLSACME]), "true")
+}
+
+// certSpec is one certificate an Ingress asks for.
+type certSpec struct {
+	secret string
+	hosts  []string // as written, deduplicated, in order
+	// implicit is true when the Ingress has no spec.tls: the certificate is
+	// "<ingress>-tls" for every rule host, and spec.tls is added once it exists.
+	implicit bool
+}
+
+// certSpecs lists the certificates ing asks for: one per spec.tls entry with a
+// secretName (its hosts, or every rule host when it lists none), or with no
+// spec.tls, "<name>-tls" for every rule host.
+func certSpecs(ing *networkingv1.Ingress) []certSpec {
+	var ruleHosts []string
+	for _, r := range ing.Spec.Rules {
+		if r.Host != "" && !slices.Contains(ruleHosts, r.Host) {
+			ruleHosts = append(ruleHosts, r.Host)
+		}
+	}
+	if len(ing.Spec.TLS) == 0 {
+		return []certSpec{{secret: ing.Name + "-tls", hosts: ruleHosts, implicit: true}}
+	}
+	var specs []certSpec
+	for _, t := range ing.Spec.TLS {
+		if t.SecretName == "" {
+			continue
+		}
+		hosts := ruleHosts
+		if len(t.Hosts) > 0 {
+			hosts = nil
+			for _, h := range t.Hosts {
+				if !slices.Contains(hosts, h) {
+					hosts = append(hosts, h)
+				}
+			}
+		}
+		i := slices.IndexFunc(specs, func(s certSpec) bool { return s.secret == t.SecretName })
+		if i >= 0 { // two entries, one Secret: one certificate for both
+			for _, h := range hosts {
+				if !slices.Contains(specs[i].hosts, h) {
+					specs[i].hosts = append(specs[i].hosts, h)
+				}
+			}
+			continue
+		}
+		specs = append(specs, certSpec{secret: t.SecretName, hosts: hosts})
+	}
+	return specs
+}
+
+// certKeys are the work queue keys (namespace/secret) of the certificates ing
+// asks for, none when it has not opted in.
+func certKeys(ing *networkingv1.Ingress) []string {
+	if !optedIn(ing) {
+		return nil
+	}
+	var keys []string
+	for _, s := range certSpecs(ing) {
+		keys = append(keys, ing.Namespace+"/"+s.secret)
+	}
+	return keys
+}
+
+// journalKeys are the keys of the certificates with challenge paths journalled on
+// ing. An unparsable journal yields every certificate ing asks for, so that the
+// paths are cleaned up anyway.
+func journalKeys(ing *networkingv1.Ingress) []string {
+	entries, err := readJournal(ing)
+	if err != nil {
+		var keys []string
+		for _, s := range certSpecs(ing) {
+			keys = append(keys, ing.Namespace+"/"+s.secret)
+		}
+		return keys
+	}
+	var keys []string
+	for _, e := range entries {
+		k := ing.Namespace + "/" + e.Secret
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// validateHost says what is wrong with host as an HTTP-01 identifier, "" if nothing.
+func validateHost(host string) string {
+	switch {
+	case host == "":
+		return "empty host"
+	case strings.HasPrefix(host, "*."):
+		return fmt.Sprintf("%q: wildcard hosts need a DNS-01 challenge; HTTP-01 cannot validate them", host)
+	case len(host) > 253:
+		return fmt.Sprintf("%q: longer than 253 characters", truncate(host, 40))
+	case net.ParseIP(host) != nil:
+		return fmt.Sprintf("%q: IP addresses are not supported", host)
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Sprintf("%q: each dot-separated label must be 1 to 63 characters", truncate(host, 80))
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Sprintf("%q: a label may not start or end with '-'", truncate(host, 80))
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Sprintf("%q: only lowercase letters, digits, '-' and '.' are allowed", truncate(host, 80))
+			}
+		}
+	}
+	return ""
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// options are an Ingress's choices for its certificates.
+type options struct {
+	keyType  string
+	pathType networkingv1.PathType
+}
+
+// parseOptions reads ing's option annotations. Every problem is reported, none
+// is silently defaulted.
+func parseOptions(ing *networkingv1.Ingress) (options, []string) {
+	o := options{keyType: KeyTypes[0], pathType: networkingv1.PathTypeExact}
+	var problems []string
+	if v, ok := ing.Annotations[AnnotationKeyType]; ok {
+		kt := strings.ToLower(strings.TrimSpace(v))
+		if slices.Contains(KeyTypes, kt) {
+			o.keyType = kt
+		} else {
+			problems = append(problems, fmt.Sprintf("annotation %s: %q is not one of %s", AnnotationKeyType, truncate(v, 40), strings.Join(KeyTypes, ", ")))
+		}
+	}
+	if v, ok := ing.Annotations[AnnotationPathType]; ok {
+		i := slices.IndexFunc(pathTypes, func(p networkingv1.PathType) bool { return strings.EqualFold(string(p), strings.TrimSpace(v)) })
+		if i >= 0 {
+			o.pathType = pathTypes[i]
+		} else {
+			problems = append(problems, fmt.Sprintf("annotation %s: %q is not one of Exact, Prefix, ImplementationSpecific", AnnotationPathType, truncate(v, 40)))
+		}
+	}
+	if v := strings.TrimSpace(ing.Annotations[AnnotationTLSACME]); !strings.EqualFold(v, "true") && !strings.EqualFold(v, "false") && v != "" {
+		problems = append(problems, fmt.Sprintf("annotation %s: %q is neither true nor false", AnnotationTLSACME, truncate(v, 40)))
+	}
+	return o, problems
+}
+
+// problem is something wrong with an Ingress that stops its certificate.
+type problem struct {
+	ingress *networkingv1.Ingress
+	reason  string // Event reason
+	message string
+}
+
+// desired is what one certificate should be, from every opted-in Ingress that
+// names its Secret.
+type desired struct {
+	namespace, secret string
+	hosts             []string // union over the Ingresses, lowercased, sorted
+	options           options
+	ingresses         []*networkingv1.Ingress // sorted by name
+	// hostIngress is, for each host, the Ingress that gets its challenge path:
+	// the first that has a rule for the host, else the first Ingress.
+	hostIngress map[string]*networkingv1.Ingress
+	// ownHosts is, for each Ingress, its own hosts for this certificate (for the
+	// spec.tls entry it may get), and whether that entry is implicit.
+	ownHosts map[string]certSpec
+	// mismatch is set when the Ingresses ask for different host sets.
+	mismatch bool
+}
+
+// desiredFor computes the certificate namespace/secret wants from ings (the
+// opted-in Ingresses naming it). Problems that stop the certificate are returned;
+// with any, no order may be placed.
+func desiredFor(namespace, secret string, ings []*networkingv1.Ingress) (desired, []problem) {
+	ings = slices.Clone(ings)
+	slices.SortFunc(ings, func(a, b *networkingv1.Ingress) int { return strings.Compare(a.Name, b.Name) })
+	d := desired{namespace: namespace, secret: secret, ingresses: ings,
+		hostIngress: map[string]*networkingv1.Ingress{}, ownHosts: map[string]certSpec{}}
+	var problems []problem
+	var firstHosts []string
+	for i, ing := range ings {
+		opts, optProblems := parseOptions(ing)
+		for _, p := range optProblems {
+			problems = append(problems, problem{ing, "InvalidAnnotation", p})
+		}
+		if i == 0 {
+			d.options = opts
+		} else if opts != d.options && len(optProblems) == 0 {
+			problems = append(problems, problem{ing, "ConflictingOptions", fmt.Sprintf(
+				"Ingresses %s and %s name Secret %s with different %s/%s options", ings[0].Name, ing.Name, secret, AnnotationKeyType, AnnotationPathType)})
+		}
+		for _, s := range certSpecs(ing) {
+			if s.secret != secret {
+				continue
+			}
+			d.ownHosts[ing.Name] = s
+			var hosts []string
+			for _, h := range s.hosts {
+				h = strings.ToLower(h)
+				if msg := validateHost(h); msg != "" {
+					problems = append(problems, problem{ing, "InvalidHost", "host " + msg})
+					continue
+				}
+				hosts = append(hosts, h)
+				if !slices.Contains(d.hosts, h) {
+					d.hosts = append(d.hosts, h)
+				}
+			}
+			slices.Sort(hosts)
+			if i == 0 {
+				firstHosts = hosts
+			} else if !slices.Equal(hosts, firstHosts) {
+				d.mismatch = true
+			}
+		}
+	}
+	slices.Sort(d.hosts)
+	if len(d.hosts) == 0 && len(problems) == 0 && len(ings) > 0 {
+		problems = append(problems, problem{ings[0], "NoHosts", fmt.Sprintf("no host to put in certificate %s: add a host to a rule or to spec.tls", secret)})
+	}
+	for _, h := range d.hosts {
+		for _, ing := range ings {
+			if slices.ContainsFunc(ing.Spec.Rules, func(r networkingv1.IngressRule) bool { return strings.EqualFold(r.Host, h) }) {
+				d.hostIngress[h] = ing
+				break
+			}
+		}
+		if d.hostIngress[h] == nil && len(ings) > 0 {
+			d.hostIngress[h] = ings[0]
+		}
+	}
+	return d, problems
+}
+
+// ensureTLS makes ing's spec.tls name secret: an Ingress with no spec.tls gets
+// one entry for hosts. It returns whether ing changed.
+func ensureTLS(ing *networkingv1.Ingress, secret string, spec certSpec) bool {
+	if slices.ContainsFunc(ing.Spec.TLS, func(t networkingv1.IngressTLS) bool { return t.SecretName == secret }) {
+		return false
+	}
+	if len(ing.Spec.TLS) > 0 || !spec.implicit || len(spec.hosts) == 0 {
+		return false // the user's spec.tls names other Secrets: not ours to change
+	}
+	ing.Spec.TLS = append(ing.Spec.TLS, networkingv1.IngressTLS{Hosts: slices.Clone(spec.hosts), SecretName: secret})
+	return true
+}

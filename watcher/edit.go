@@ -1,0 +1,147 @@
+package watcher
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	networkingv1 "k8s.io/api/networking/v1"
+)
+
+// ChallengePathPrefix is where HTTP-01 challenges live (RFC 8555, section 8.3).
+const ChallengePathPrefix = "/.well-known/acme-challenge/"
+
+// JournalAnnotation on an Ingress lists the challenge paths we inserted into it
+// and have not removed yet. It is written in the same Update as the paths, so it
+// is the crash-recovery journal: whoever finds it with no live order removes
+// exactly what it lists.
+const JournalAnnotation = "ingress-acme.io/challenges"
+
+// Entry is one challenge path inserted into an Ingress, as journalled.
+type Entry struct {
+	Secret string `json:"secret"` // the certificate's Secret name, in the Ingress's namespace
+	Host   string `json:"host"`
+	Token  string `json:"token"`
+}
+
+// Path is the URL path the entry's challenge is served at.
+func (e Entry) Path() string { return ChallengePathPrefix + e.Token }
+
+// readJournal returns the entries journalled on ing, none when it has no journal.
+// An unparsable journal is an error.
+func readJournal(ing *networkingv1.Ingress) ([]Entry, error) {
+	raw, ok := ing.Annotations[JournalAnnotation]
+	if !ok {
+		return nil, nil
+	}
+	var entries []Entry
+	if err := json.Unmarshal([]byte(raw), &entries); err != nil {
+		return nil, fmt.Errorf("annotation %s: %w", JournalAnnotation, err)
+	}
+	return entries, nil
+}
+
+func writeJournal(ing *networkingv1.Ingress, entries []Entry) {
+	if len(entries) == 0 {
+		delete(ing.Annotations, JournalAnnotation)
+		return
+	}
+	raw, _ := json.Marshal(entries) // a slice of string structs always marshals
+	if ing.Annotations == nil {
+		ing.Annotations = map[string]string{}
+	}
+	ing.Annotations[JournalAnnotation] = string(raw)
+}
+
+// insertPaths adds to ing, which the caller owns (a copy, not a lister's object), a
+// path for each entry routed to service port 80, and journals them. The path goes
+// first in the first rule for the entry's host that has HTTP paths, so controllers
+// that match in order see it; where no such rule exists, a rule for the host is
+// appended. Entries already present are skipped. It returns whether ing changed;
+// an unparsable journal is an error and leaves ing as it was.
+func insertPaths(ing *networkingv1.Ingress, entries []Entry, service string, pathType networkingv1.PathType) (bool, error) {
+	journal, err := readJournal(ing)
+	if err != nil {
+		return false, err
+	}
+	changed := false
+	for _, e := range entries {
+		if slices.Contains(journal, e) {
+			continue
+		}
+		journal = append(journal, e)
+		changed = true
+		path := networkingv1.HTTPIngressPath{
+			Path:     e.Path(),
+			PathType: &pathType,
+			Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
+				Name: service,
+				Port: networkingv1.ServiceBackendPort{Number: 80},
+			}},
+		}
+		i := slices.IndexFunc(ing.Spec.Rules, func(r networkingv1.IngressRule) bool {
+			return strings.EqualFold(r.Host, e.Host) && r.HTTP != nil
+		})
+		if i < 0 {
+			ing.Spec.Rules = append(ing.Spec.Rules, networkingv1.IngressRule{
+				Host:             e.Host,
+				IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{}},
+			})
+			i = len(ing.Spec.Rules) - 1
+		}
+		http := ing.Spec.Rules[i].HTTP
+		http.Paths = slices.Insert(http.Paths, 0, path)
+	}
+	if changed {
+		writeJournal(ing, journal)
+	}
+	return changed, nil
+}
+
+// removePaths takes out of ing, which the caller owns, the journalled paths of the
+// certificate secret (all certificates when secret is ""), drops the rules that
+// held nothing else, and updates the journal. Everything else in ing, including
+// edits made since the paths went in, is kept. With an unparsable journal it
+// removes every challenge path routed to service and the journal. It returns
+// whether ing changed.
+func removePaths(ing *networkingv1.Ingress, secret, service string) bool {
+	journal, err := readJournal(ing)
+	ours := func(p networkingv1.HTTPIngressPath, host string) bool {
+		if p.Backend.Service == nil || p.Backend.Service.Name != service || !strings.HasPrefix(p.Path, ChallengePathPrefix) {
+			return false
+		}
+		if err != nil {
+			return true
+		}
+		return slices.ContainsFunc(journal, func(e Entry) bool {
+			return (secret == "" || e.Secret == secret) && strings.EqualFold(e.Host, host) && e.Path() == p.Path
+		})
+	}
+	changed := false
+	rules := ing.Spec.Rules[:0]
+	for _, r := range ing.Spec.Rules {
+		if r.HTTP != nil {
+			before := len(r.HTTP.Paths)
+			r.HTTP.Paths = slices.DeleteFunc(r.HTTP.Paths, func(p networkingv1.HTTPIngressPath) bool { return ours(p, r.Host) })
+			if len(r.HTTP.Paths) != before {
+				changed = true
+				if len(r.HTTP.Paths) == 0 {
+					continue // the rule held only our paths: it was ours
+				}
+			}
+		}
+		rules = append(rules, r)
+	}
+	ing.Spec.Rules = rules
+
+	kept := slices.DeleteFunc(slices.Clone(journal), func(e Entry) bool { return secret == "" || e.Secret == secret })
+	if err != nil {
+		kept = nil
+	}
+	if _, had := ing.Annotations[JournalAnnotation]; had && len(kept) != len(journal) || err != nil {
+		writeJournal(ing, kept)
+		changed = true
+	}
+	return changed
+}
