@@ -253,8 +253,8 @@ func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interfa
 // issuer adapts acme.Client to watcher.Issuer.
 type issuer struct{ *acme.Client }
 
-func (i issuer) Issue(ctx context.Context, hosts []string, key cryptoSigner, replaces *x509.Certificate, present watcher.PresentFunc) ([]byte, error) {
-	return i.Client.Issue(ctx, hosts, key, replaces, func(ctx context.Context, chs []acme.Challenge) error {
+func (i issuer) Issue(ctx context.Context, hosts []string, key cryptoSigner, replaces *x509.Certificate, profile string, present watcher.PresentFunc) ([]byte, error) {
+	return i.Client.Issue(ctx, hosts, key, replaces, profile, func(ctx context.Context, chs []acme.Challenge) error {
 		out := make([]watcher.Challenge, len(chs))
 		for i, c := range chs {
 			out[i] = watcher.Challenge(c)

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -201,15 +202,16 @@ type Challenge struct {
 }
 
 // Issue orders a certificate for hosts with key, a replacement of replaces when
-// that is not nil and the CA offers renewal information. For the authorizations
+// that is not nil and the CA offers renewal information, with the named profile
+// (RFC draft-ietf-acme-profiles) unless profile is "". For the authorizations
 // the CA wants validated it calls present once with every challenge; present must
 // return only when they answer (or with an error, which ends the order). It then
 // asks the CA to validate, finalizes, and returns the PEM chain, leaf first.
 // Errors carry the CA's problem detail; when the CA asked to back off (429/503
 // with Retry-After) the error has a method RetryAfter() time.Time.
-func (c *Client) Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, present func(context.Context, []Challenge) error) ([]byte, error) {
+func (c *Client) Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present func(context.Context, []Challenge) error) ([]byte, error) {
 	start := time.Now()
-	chain, err := c.issue(ctx, hosts, key, replaces, present)
+	chain, err := c.issue(ctx, hosts, key, replaces, profile, present)
 	if err != nil {
 		if at := c.transport.retryAfterSince(start); !at.IsZero() {
 			return nil, &retryAfterError{err: err, at: at}
@@ -219,7 +221,7 @@ func (c *Client) Issue(ctx context.Context, hosts []string, key crypto.Signer, r
 	return chain, nil
 }
 
-func (c *Client) issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, present func(context.Context, []Challenge) error) ([]byte, error) {
+func (c *Client) issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present func(context.Context, []Challenge) error) ([]byte, error) {
 	lib, account, err := c.session(ctx)
 	if err != nil {
 		return nil, err
@@ -228,16 +230,22 @@ func (c *Client) issue(ctx context.Context, hosts []string, key crypto.Signer, r
 	for i, h := range hosts {
 		ids[i] = acmelib.Identifier{Type: "dns", Value: h}
 	}
+	ext := acmelib.OrderExtension{Profile: profile}
+	if profile != "" {
+		if _, ok := lib.Directory().Meta.Profiles[profile]; !ok {
+			return nil, fmt.Errorf("the CA offers no profile %q (it offers: %s)", profile, profileNames(lib.Directory()))
+		}
+	}
 	var order acmelib.Order
 	if replaces != nil && lib.Directory().RenewalInfo != "" {
-		order, err = lib.ReplacementOrder(account, replaces, ids)
+		order, err = lib.ReplacementOrderExtension(account, replaces, ids, ext)
 		if err != nil && isProblem(err, "alreadyReplaced", "conflict", "malformed") {
 			// The CA will not take this as a replacement (say, it was replaced by an
 			// order that failed): an ordinary order is as good.
-			order, err = lib.NewOrder(account, ids)
+			order, err = lib.NewOrderExtension(account, ids, ext)
 		}
 	} else {
-		order, err = lib.NewOrder(account, ids)
+		order, err = lib.NewOrderExtension(account, ids, ext)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("new order: %w", err)
@@ -431,6 +439,18 @@ func (c *Client) RenewalWindow(ctx context.Context, cert *x509.Certificate) (sta
 		return time.Time{}, time.Time{}, false, fmt.Errorf("renewal info: invalid window %s to %s", w.Start, w.End)
 	}
 	return w.Start, w.End, true, nil
+}
+
+func profileNames(d acmelib.Directory) string {
+	var names []string
+	for n := range d.Meta.Profiles {
+		names = append(names, n)
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
 }
 
 // isProblem reports whether err is an ACME problem, of one of types when any are

@@ -43,9 +43,9 @@ type PresentFunc func(ctx context.Context, challenges []Challenge) error
 // Issuer gets certificates from the CA.
 type Issuer interface {
 	// Issue orders a certificate for hosts with key (a replacement of replaces,
-	// when not nil), calls present with the challenges to answer, and returns the
-	// PEM chain, leaf first.
-	Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, present PresentFunc) ([]byte, error)
+	// when not nil; with the CA's named profile unless profile is ""), calls
+	// present with the challenges to answer, and returns the PEM chain, leaf first.
+	Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present PresentFunc) ([]byte, error)
 	// RenewalWindow is the CA's suggested renewal window for cert; ok is false
 	// when the CA offers none.
 	RenewalWindow(ctx context.Context, cert *x509.Certificate) (start, end time.Time, ok bool, err error)

@@ -22,6 +22,9 @@ const (
 	// AnnotationPathType chooses the pathType of the challenge paths: Exact
 	// (default), Prefix or ImplementationSpecific, for controllers that need it.
 	AnnotationPathType = AnnotationPrefix + "path-type"
+	// AnnotationProfile asks the CA for a certificate profile it offers (e.g.
+	// Let's Encrypt's "shortlived" or "tlsserver"); default: the CA's default.
+	AnnotationProfile = AnnotationPrefix + "profile"
 )
 
 // KeyTypes are the values AnnotationKeyType takes; the first is the default.
@@ -159,6 +162,7 @@ func truncate(s string, n int) string {
 type options struct {
 	keyType  string
 	pathType networkingv1.PathType
+	profile  string
 }
 
 // parseOptions reads ing's option annotations. Every problem is reported, none
@@ -182,10 +186,31 @@ func parseOptions(ing *networkingv1.Ingress) (options, []string) {
 			problems = append(problems, fmt.Sprintf("annotation %s: %q is not one of Exact, Prefix, ImplementationSpecific", AnnotationPathType, truncate(v, 40)))
 		}
 	}
+	if v, ok := ing.Annotations[AnnotationProfile]; ok {
+		p := strings.TrimSpace(v)
+		if validProfile(p) {
+			o.profile = p
+		} else {
+			problems = append(problems, fmt.Sprintf("annotation %s: %q is not a profile name (1 to 64 letters, digits, '-', '_' or '.')", AnnotationProfile, truncate(v, 40)))
+		}
+	}
 	if v := strings.TrimSpace(ing.Annotations[AnnotationTLSACME]); !strings.EqualFold(v, "true") && !strings.EqualFold(v, "false") && v != "" {
 		problems = append(problems, fmt.Sprintf("annotation %s: %q is neither true nor false", AnnotationTLSACME, truncate(v, 40)))
 	}
 	return o, problems
+}
+
+func validProfile(p string) bool {
+	if p == "" || len(p) > 64 {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // problem is something wrong with an Ingress that stops its certificate.
@@ -231,7 +256,7 @@ func desiredFor(namespace, secret string, ings []*networkingv1.Ingress) (desired
 			d.options = opts
 		} else if opts != d.options && len(optProblems) == 0 {
 			problems = append(problems, problem{ing, "ConflictingOptions", fmt.Sprintf(
-				"Ingresses %s and %s name Secret %s with different %s/%s options", ings[0].Name, ing.Name, secret, AnnotationKeyType, AnnotationPathType)})
+				"Ingresses %s and %s name Secret %s with different %s, %s or %s options", ings[0].Name, ing.Name, secret, AnnotationKeyType, AnnotationPathType, AnnotationProfile)})
 		}
 		for _, s := range certSpecs(ing) {
 			if s.secret != secret {

@@ -201,7 +201,7 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 		if kerr != nil {
 			err = kerr
 		} else {
-			chain, err = c.cfg.Issuer.Issue(ctx, d.hosts, privateKey, replaces, present)
+			chain, err = c.cfg.Issuer.Issue(ctx, d.hosts, privateKey, replaces, d.options.profile, present)
 			if err == nil {
 				if len(c.indexed(indexCert, key)) == 0 {
 					c.abandon(ctx, d, inserted)
@@ -358,10 +358,14 @@ func (c *Controller) renewAt(ctx context.Context, st *certState, leaf *x509.Cert
 		c.log.Warn("renewal information unavailable, using the fallback", "serial", serial, "err", err)
 	}
 	var at time.Time
+	lifetime := leaf.NotAfter.Sub(leaf.NotBefore)
 	if ok {
 		at = start.Add(time.Duration(rand.Int64N(int64(end.Sub(start)) + 1)))
+		// Whatever the window says, leave a tenth of the lifetime for retries.
+		if latest := leaf.NotAfter.Add(-lifetime / 10); at.After(latest) {
+			at = latest
+		}
 	} else {
-		lifetime := leaf.NotAfter.Sub(leaf.NotBefore)
 		before := c.cfg.RenewBefore
 		if before <= 0 || before >= lifetime {
 			before = lifetime / 3
@@ -396,7 +400,7 @@ func covers(leaf *x509.Certificate, hosts []string) bool {
 
 // fingerprint identifies what d asks for, to tell when it changes.
 func fingerprint(d desired) string {
-	return strings.Join(d.hosts, ",") + "|" + d.options.keyType + "|" + string(d.options.pathType)
+	return strings.Join(d.hosts, ",") + "|" + d.options.keyType + "|" + string(d.options.pathType) + "|" + d.options.profile
 }
 
 func parseLeaf(chainPEM []byte) *x509.Certificate {
