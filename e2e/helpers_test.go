@@ -1,0 +1,280 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+const (
+	journalAnnotation = "ingress-acme.io/challenges"
+	challengePrefix   = "/.well-known/acme-challenge/"
+	solverService     = "ingress-acme-solver"
+)
+
+// newNamespace creates a fresh namespace for the test.
+func newNamespace(t *testing.T) string {
+	t.Helper()
+	ns, err := bed.CreateNamespace(context.Background(), t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// startBackend starts a backend server named name in ns, closed when the test ends.
+func startBackend(t *testing.T, ns, name string) {
+	t.Helper()
+	b, err := bed.Backend(context.Background(), ns, name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+}
+
+// host names a test host unique to ns, since Traefik routes every namespace's
+// Ingresses by host.
+func host(ns, name string) string { return name + "." + ns + ".test" }
+
+// newIngress is an Ingress in ns routing / of each host to backend, opted in
+// when acme is true.
+func newIngress(ns, name, backend string, acme bool, hosts ...string) *networkingv1.Ingress {
+	prefix := networkingv1.PathTypePrefix
+	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: map[string]string{}}}
+	if acme {
+		ing.Annotations["kubernetes.io/tls-acme"] = "true"
+	}
+	for _, h := range hosts {
+		ing.Spec.Rules = append(ing.Spec.Rules, networkingv1.IngressRule{
+			Host: h,
+			IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
+				Paths: []networkingv1.HTTPIngressPath{{
+					Path: "/", PathType: &prefix,
+					Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
+						Name: backend, Port: networkingv1.ServiceBackendPort{Number: 80},
+					}},
+				}},
+			}},
+		})
+	}
+	return ing
+}
+
+func createIngress(t *testing.T, ing *networkingv1.Ingress) *networkingv1.Ingress {
+	t.Helper()
+	got, err := bed.Client().NetworkingV1().Ingresses(ing.Namespace).Create(context.Background(), ing, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func getIngress(t *testing.T, ns, name string) *networkingv1.Ingress {
+	t.Helper()
+	ing, err := bed.Client().NetworkingV1().Ingresses(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ing
+}
+
+// updateIngress applies edit to the Ingress and updates it, retrying on conflict.
+func updateIngress(t *testing.T, ns, name string, edit func(*networkingv1.Ingress)) {
+	t.Helper()
+	api := bed.Client().NetworkingV1().Ingresses(ns)
+	for {
+		ing := getIngress(t, ns, name)
+		edit(ing)
+		_, err := api.Update(context.Background(), ing, metav1.UpdateOptions{})
+		if err == nil {
+			return
+		}
+		if !apierrors.IsConflict(err) {
+			t.Fatal(err)
+		}
+	}
+}
+
+// waitFor polls cond every 20 ms until it returns true, failing the test after
+// timeout with the last message cond gave.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		last = msg
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %s", what, timeout, last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// getSecret returns the Secret, nil when it does not exist.
+func getSecret(t *testing.T, ns, name string) *corev1.Secret {
+	t.Helper()
+	s, err := bed.Client().CoreV1().Secrets(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitCertificate waits until Secret ns/name holds a certificate for every host
+// that verifies against Pebble's roots, and returns the Secret and its leaf.
+func waitCertificate(t *testing.T, ns, name string, timeout time.Duration, hosts ...string) (*corev1.Secret, *x509.Certificate) {
+	t.Helper()
+	var sec *corev1.Secret
+	var leaf *x509.Certificate
+	waitFor(t, timeout, "certificate in Secret "+name, func() (bool, string) {
+		sec = getSecret(t, ns, name)
+		if sec == nil {
+			return false, "no Secret"
+		}
+		var err error
+		leaf, err = verifyChain(sec.Data[corev1.TLSCertKey], hosts...)
+		if err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	})
+	return sec, leaf
+}
+
+// verifyChain checks that chainPEM (leaf first) verifies against Pebble's current
+// roots for every host, and returns the leaf.
+func verifyChain(chainPEM []byte, hosts ...string) (*x509.Certificate, error) {
+	roots, err := bed.PebbleRootPool(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	var certs []*x509.Certificate
+	for rest := chainPEM; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("no certificate in tls.crt")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	for _, h := range hosts {
+		if _, err := certs[0].Verify(x509.VerifyOptions{DNSName: h, Roots: roots, Intermediates: inter}); err != nil {
+			return nil, fmt.Errorf("verify for %s: %w", h, err)
+		}
+	}
+	return certs[0], nil
+}
+
+// servedCertificate GETs https://h/ through Traefik, verifying against Pebble's
+// roots, and returns the leaf it served and the status.
+func servedCertificate(h string) (*x509.Certificate, int, error) {
+	roots, err := bed.PebbleRootPool(context.Background())
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := bed.HTTPClientWithRoots(h, roots).Get("https://" + h + "/")
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+		return nil, resp.StatusCode, fmt.Errorf("no TLS")
+	}
+	return resp.TLS.PeerCertificates[0], resp.StatusCode, nil
+}
+
+// waitServed waits until Traefik serves, verified, the certificate with leaf's
+// serial on https://h/ with status 200.
+func waitServed(t *testing.T, h string, leaf *x509.Certificate, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, "HTTPS for "+h+" serving the issued certificate", func() (bool, string) {
+		got, code, err := servedCertificate(h)
+		if err != nil {
+			return false, err.Error()
+		}
+		if got.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+			return false, fmt.Sprintf("serial %x served, want %x", got.SerialNumber, leaf.SerialNumber)
+		}
+		return code == http.StatusOK, fmt.Sprintf("status %d", code)
+	})
+}
+
+// waitHTTP waits until GET http://h/ through Traefik answers 200.
+func waitHTTP(t *testing.T, h string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "HTTP for "+h, func() (bool, string) {
+		resp, err := bed.HTTPClient(h).Get("http://" + h + "/")
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, fmt.Sprintf("status %d", resp.StatusCode)
+	})
+}
+
+// assertClean checks that the Ingress holds no challenge path, no journal, and
+// exactly the rules want has (compared as JSON).
+func assertClean(t *testing.T, ing *networkingv1.Ingress, wantRules []networkingv1.IngressRule) {
+	t.Helper()
+	if v, ok := ing.Annotations[journalAnnotation]; ok {
+		t.Errorf("journal annotation left: %s", v)
+	}
+	for _, r := range ing.Spec.Rules {
+		if r.HTTP == nil {
+			continue
+		}
+		for _, p := range r.HTTP.Paths {
+			if strings.HasPrefix(p.Path, challengePrefix) {
+				t.Errorf("challenge path left in rule %s: %s", r.Host, p.Path)
+			}
+		}
+	}
+	got, _ := json.Marshal(ing.Spec.Rules)
+	want, _ := json.Marshal(wantRules)
+	if string(got) != string(want) {
+		t.Errorf("rules changed:\ngot  %s\nwant %s", got, want)
+	}
+}
+
+// tlsNames returns the spec.tls entries as "secret:host,host".
+func tlsNames(ing *networkingv1.Ingress) []string {
+	var out []string
+	for _, t := range ing.Spec.TLS {
+		hosts := slices.Clone(t.Hosts)
+		slices.Sort(hosts)
+		out = append(out, t.SecretName+":"+strings.Join(hosts, ","))
+	}
+	return out
+}
