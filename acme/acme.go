@@ -478,6 +478,6 @@ type retryAfterError struct {
 	at  time.Time
 }
 
-func (e *retryAfterError) Error() string        { return e.err.Error() }
-func (e *retryAfterError) Unwrap() error        { return e.err }
+func (e *retryAfterError) Error() string         { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error         { return e.err }
 func (e *retryAfterError) RetryAfter() time.Time { return e.at }

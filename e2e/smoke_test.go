@@ -78,22 +78,7 @@ func TestSmoke(t *testing.T) {
 	t.Cleanup(be.Close)
 
 	const host = "smoke.test"
-	prefix := networkingv1.PathTypePrefix
-	ing := &networkingv1.Ingress{
-		ObjectMeta: metav1.ObjectMeta{Name: "smoke", Namespace: ns},
-		Spec: networkingv1.IngressSpec{Rules: []networkingv1.IngressRule{{
-			Host: host,
-			IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
-				Paths: []networkingv1.HTTPIngressPath{{
-					Path:     "/",
-					PathType: &prefix,
-					Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
-						Name: "web", Port: networkingv1.ServiceBackendPort{Number: 80},
-					}},
-				}},
-			}},
-		}}},
-	}
+	ing := smokeIngress(ns, "smoke", host, "web")
 	t0 := time.Now()
 	if ing, err = cs.NetworkingV1().Ingresses(ns).Create(ctx, ing, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -143,6 +128,27 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("https://%s/ through Traefik: %v", host, err)
 	}
 	t.Logf("https://%s/ served our certificate %.0f ms after spec.tls was set", host, time.Since(t0).Seconds()*1000)
+}
+
+// smokeIngress returns an Ingress (no class: Traefik takes class-less ones)
+// routing host/ (Prefix) to port 80 of the Service svc.
+func smokeIngress(ns, name, host, svc string) *networkingv1.Ingress {
+	prefix := networkingv1.PathTypePrefix
+	return &networkingv1.Ingress{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: networkingv1.IngressSpec{Rules: []networkingv1.IngressRule{{
+			Host: host,
+			IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
+				Paths: []networkingv1.HTTPIngressPath{{
+					Path:     "/",
+					PathType: &prefix,
+					Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
+						Name: svc, Port: networkingv1.ServiceBackendPort{Number: 80},
+					}},
+				}},
+			}},
+		}}},
+	}
 }
 
 // makeCert returns a pool with a new self-signed CA, and a leaf for host
@@ -235,10 +241,13 @@ func TestPebbleRestart(t *testing.T) {
 }
 
 // TestAPIServerRestart restarts kube-apiserver: objects survive (etcd keeps
-// its data), its serving certificate stays the same, and the admin client
-// works again. Not parallel, like TestPebbleRestart.
+// its data), its serving certificate stays the same (the admin client works
+// again), and Traefik's watches come back: an Ingress created after the
+// restart is served. Not parallel, like TestPebbleRestart; it returns only once
+// Traefik routes again, so later tests find a healthy testbed.
 func TestAPIServerRestart(t *testing.T) {
 	ctx := t.Context()
+	cs := bed.Client()
 	ns, err := bed.CreateNamespace(ctx, t.Name())
 	if err != nil {
 		t.Fatal(err)
@@ -246,13 +255,35 @@ func TestAPIServerRestart(t *testing.T) {
 	if err := bed.StopProcess("kube-apiserver"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bed.Client().CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil {
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil {
 		t.Fatal("API server answers while stopped")
 	}
 	if err := bed.StartProcess("kube-apiserver"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bed.Client().CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
+	t0 := time.Now()
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
 		t.Fatalf("namespace %s after the restart: %v", ns, err)
 	}
+	be, err := bed.Backend(ctx, ns, "canary", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(be.Close)
+	const host = "canary.test"
+	if _, err := cs.NetworkingV1().Ingresses(ns).Create(ctx, smokeIngress(ns, "canary", host, "canary"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	client := bed.HTTPClient("")
+	err = eventually(ctx, 20*time.Millisecond, 30*time.Second, func(ctx context.Context) error {
+		_, body, err := getBody(ctx, client, "http://"+host+"/")
+		if err == nil && body != "backend canary" {
+			err = fmt.Errorf("body %q", body)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("Traefik does not route a new Ingress after the API server restart: %v", err)
+	}
+	t.Logf("Traefik routes a new Ingress %.2fs after the API server restart", time.Since(t0).Seconds())
 }

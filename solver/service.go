@@ -102,8 +102,8 @@ func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
 			Name:      s.name,
 			Namespace: namespace,
 			Labels: map[string]string{
-				discoveryv1.LabelServiceName:  s.name,
-				discoveryv1.LabelManagedBy:    managedBy,
+				discoveryv1.LabelServiceName:   s.name,
+				discoveryv1.LabelManagedBy:     managedBy,
 				"app.kubernetes.io/managed-by": managedBy,
 			},
 		},
