@@ -40,6 +40,7 @@ type Config struct {
 	SelfCheckAddress    string
 	SelfCheckTimeout    time.Duration
 	Workers             int
+	Settle              time.Duration
 	RenewBefore         time.Duration
 	MaxOrdersPerHour    int
 	RetryBase           time.Duration
@@ -77,6 +78,7 @@ func parseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.SelfCheckAddress, "self-check-address", "", "host:port to send self-checks to (the ingress controller's in-cluster HTTP address, with the Host header set), for clusters without hairpin NAT; empty: the host itself")
 	fs.DurationVar(&c.SelfCheckTimeout, "self-check-timeout", 2*time.Minute, "how long a challenge may take to answer through the ingress")
 	fs.IntVar(&c.Workers, "workers", 16, "certificates processed concurrently")
+	fs.DurationVar(&c.Settle, "settle", 200*time.Millisecond, "wait this long after an Ingress change before acting, so Ingresses applied together share one order")
 	fs.DurationVar(&c.RenewBefore, "renew-before", 0, "renew this long before expiry when the CA offers no renewal information (ARI); 0: when a third of the lifetime remains")
 	fs.IntVar(&c.MaxOrdersPerHour, "max-orders-per-hour", 5, "most orders for one certificate in any hour, to spare the CA's rate limits")
 	fs.DurationVar(&c.RetryBase, "retry-base", 30*time.Second, "first backoff after a failed order; doubles per failure")
@@ -164,6 +166,9 @@ func (c *Config) validate() error {
 	}
 	if c.RetryBase <= 0 || c.RetryMax < c.RetryBase {
 		errs = append(errs, errors.New("--retry-base must be positive and at most --retry-max"))
+	}
+	if c.Settle < 0 || c.Settle > time.Minute {
+		errs = append(errs, errors.New("--settle must be between 0 and 1m"))
 	}
 	if c.SelfCheckTimeout <= 0 {
 		errs = append(errs, errors.New("--self-check-timeout must be positive"))

@@ -138,6 +138,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Logger:           logger,
 		SecretSelector:   secrets.Selector,
 		Workers:          cfg.Workers,
+		Settle:           cfg.Settle,
 		RenewBefore:      cfg.RenewBefore,
 		MaxOrdersPerHour: cfg.MaxOrdersPerHour,
 		RetryBase:        cfg.RetryBase,

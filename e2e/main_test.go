@@ -10,9 +10,14 @@ import (
 	"os/signal"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ingress-acme/ingress-acme/e2e/testbed"
 )
+
+// shortLived is the validity of certificates ordered with the "shortlived"
+// profile (annotation ingress-acme.io/profile), for renewal tests.
+const shortLived = 20 * time.Second
 
 // bed is the testbed shared by every test of the package.
 var bed *testbed.Testbed
@@ -41,7 +46,7 @@ func run(m *testing.M) int {
 		os.Exit(130)
 	}()
 
-	tb, err := testbed.Start(ctx, testbed.Options{Logf: logger.Printf})
+	tb, err := testbed.Start(ctx, testbed.Options{Logf: logger.Printf, ShortLivedValidity: shortLived})
 	if err != nil {
 		started <- nil
 		fmt.Fprintf(os.Stderr, "e2e: FAIL: testbed: %v\n", err)

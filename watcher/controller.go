@@ -108,6 +108,9 @@ type Config struct {
 	MaxOrdersPerHour int
 	// RetryBase and RetryMax bound the exponential backoff after a failure.
 	RetryBase, RetryMax time.Duration
+	// Settle delays the sync an Ingress change brings, so that Ingresses applied
+	// together (say, two naming one Secret) are seen together and share one order.
+	Settle time.Duration
 	// Resync is the informers' resync period; 0: none.
 	Resync time.Duration
 	// Now is the clock; nil: time.Now.
@@ -313,7 +316,9 @@ func (c *Controller) enqueueIngress(old, obj any) {
 	}
 	keys = append(append(keys, certKeys(ing)...), journalKeys(ing)...)
 	for _, k := range keys {
-		c.queue.Add(k)
+		// A key already waiting keeps its earlier time: a burst of changes
+		// settles once, from its first change.
+		c.queue.AddAfter(k, c.cfg.Settle)
 	}
 }
 

@@ -87,10 +87,18 @@ func certSpecs(ing *networkingv1.Ingress) []certSpec {
 	return specs
 }
 
+// mentioned reports whether ing carries the opt-in annotation with any value
+// but "false": a malformed value must reach sync to be reported, not be skipped.
+func mentioned(ing *networkingv1.Ingress) bool {
+	v, ok := ing.Annotations[AnnotationTLSACME]
+	return ok && !strings.EqualFold(strings.TrimSpace(v), "false")
+}
+
 // certKeys are the work queue keys (namespace/secret) of the certificates ing
-// asks for, none when it has not opted in.
+// asks for (or, with a malformed opt-in value, would ask for), none when it
+// has not opted in.
 func certKeys(ing *networkingv1.Ingress) []string {
-	if !optedIn(ing) {
+	if !mentioned(ing) {
 		return nil
 	}
 	var keys []string
@@ -194,8 +202,8 @@ func parseOptions(ing *networkingv1.Ingress) (options, []string) {
 			problems = append(problems, fmt.Sprintf("annotation %s: %q is not a profile name (1 to 64 letters, digits, '-', '_' or '.')", AnnotationProfile, truncate(v, 40)))
 		}
 	}
-	if v := strings.TrimSpace(ing.Annotations[AnnotationTLSACME]); !strings.EqualFold(v, "true") && !strings.EqualFold(v, "false") && v != "" {
-		problems = append(problems, fmt.Sprintf("annotation %s: %q is neither true nor false", AnnotationTLSACME, truncate(v, 40)))
+	if v, ok := ing.Annotations[AnnotationTLSACME]; ok && !strings.EqualFold(strings.TrimSpace(v), "true") && !strings.EqualFold(strings.TrimSpace(v), "false") {
+		problems = append(problems, fmt.Sprintf("annotation %s: %q is neither \"true\" (opt in) nor \"false\"", AnnotationTLSACME, truncate(v, 40)))
 	}
 	return o, problems
 }

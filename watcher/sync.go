@@ -203,7 +203,7 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 		} else {
 			chain, err = c.cfg.Issuer.Issue(ctx, d.hosts, privateKey, replaces, d.options.profile, present)
 			if err == nil {
-				if len(c.indexed(indexCert, key)) == 0 {
+				if !slices.ContainsFunc(c.indexed(indexCert, key), optedIn) {
 					c.abandon(ctx, d, inserted)
 					return 0, nil
 				}

@@ -289,6 +289,13 @@ func (tb *Testbed) pebbleJSON() ([]byte, error) {
 	if validity < time.Second {
 		return nil, fmt.Errorf("testbed: CertValidity %s is under a second", validity)
 	}
+	short := tb.opts.ShortLivedValidity
+	if short == 0 {
+		short = 6 * 24 * time.Hour
+	}
+	if short < time.Second {
+		return nil, fmt.Errorf("testbed: ShortLivedValidity %s is under a second", short)
+	}
 	cfg := map[string]any{"pebble": map[string]any{
 		"listenAddress":                  hostPort(tb.pebblePort),
 		"managementListenAddress":        hostPort(tb.pebbleMgmtPort),
@@ -303,7 +310,7 @@ func (tb *Testbed) pebbleJSON() ([]byte, error) {
 		"keyAlgorithm":                   "ecdsa",
 		"profiles": map[string]any{
 			"default":    map[string]any{"description": "The profile you know and love", "validityPeriod": int64(validity / time.Second)},
-			"shortlived": map[string]any{"description": "A short-lived cert profile", "validityPeriod": 518400},
+			"shortlived": map[string]any{"description": "A short-lived cert profile", "validityPeriod": int64(short / time.Second)},
 		},
 	}}
 	return json.MarshalIndent(cfg, "", "  ")

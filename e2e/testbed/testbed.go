@@ -31,13 +31,14 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// Component names, for StopProcess and StartProcess.
+// Component names, for StopProcess and StartProcess; also the names of their
+// logs (Dir/logs/<name>.log) and PID files (Dir/run/<name>.pid).
 const (
-	Etcd          = "etcd"
-	KubeAPIServer = "kube-apiserver"
-	ChallTestSrv  = "challtestsrv"
-	Traefik       = "traefik"
-	Pebble        = "pebble"
+	Etcd          = "etcd"           // etcd, the API server's storage
+	KubeAPIServer = "kube-apiserver" // the API server; a restart keeps etcd's data
+	ChallTestSrv  = "challtestsrv"   // pebble-challtestsrv, Pebble's DNS server
+	Traefik       = "traefik"        // the ingress controller
+	Pebble        = "pebble"         // the ACME CA; a restart makes new roots
 )
 
 // startOrder is the order Start brings the components up in.
@@ -57,6 +58,10 @@ type Options struct {
 	// CertValidity is the validity of certificates Pebble issues with its
 	// default profile (its validityPeriod); 0 means 90 days.
 	CertValidity time.Duration
+	// ShortLivedValidity is the validity of Pebble's "shortlived" profile,
+	// which an order asks for by name (to exercise renewal in seconds without
+	// shortening every other certificate); 0 means 6 days.
+	ShortLivedValidity time.Duration
 	// PebbleEnv is extra environment for Pebble, e.g. "PEBBLE_WFE_NONCEREJECT=30".
 	// PEBBLE_VA_ALWAYS_VALID is refused: challenges must really be validated.
 	PebbleEnv []string
@@ -367,16 +372,6 @@ func (tb *Testbed) pebbleGet(ctx context.Context, path string) ([]byte, error) {
 		return nil, fmt.Errorf("testbed: pebble %s: %s: %s", path, resp.Status, b)
 	}
 	return b, nil
-}
-
-// freePort returns a port that was free on 127.0.0.1 a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // freePorts fills each pointer with a distinct free port.

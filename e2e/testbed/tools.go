@@ -134,16 +134,19 @@ func FindTools(ctx context.Context, logf func(string, ...any)) (*Tools, error) {
 	return t, nil
 }
 
-// missing lists tool folders without their .complete marker and absent files.
+// missing lists tool folders without their .complete marker, and files absent
+// from complete folders.
 func (t *Tools) missing(dirs ...string) []string {
 	var m []string
+	incomplete := map[string]bool{}
 	for _, d := range dirs {
 		if _, err := os.Stat(filepath.Join(d, ".complete")); err != nil {
-			m = append(m, d+"/.complete")
+			m = append(m, d)
+			incomplete[d] = true
 		}
 	}
 	for _, f := range []string{t.Etcd, t.KubeAPIServer, t.Pebble, t.ChallTestSrv, t.PebbleMiniCA, t.PebbleCert, t.PebbleKey, t.Traefik} {
-		if _, err := os.Stat(f); err != nil {
+		if _, err := os.Stat(f); err != nil && !incomplete[filepath.Dir(f)] {
 			m = append(m, f)
 		}
 	}
