@@ -52,6 +52,10 @@ type Config struct {
 	LogFormat           string
 	LogLevel            slog.Level
 	Version             bool
+
+	// fault is called at the fault points of an order; only test builds (tag
+	// faults) set it, from --crash-at.
+	fault func(point string)
 }
 
 // parseFlags fills a Config from args, falling back to getenv for each flag not
@@ -90,6 +94,7 @@ func parseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
+	addFaultFlags(fs, &c)
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: ingress-acme [flags]\n\nEvery flag can also be set with the environment variable INGRESS_ACME_<FLAG_NAME>\n(e.g. INGRESS_ACME_ACME_EMAIL).\n\n%s", fs.FlagUsages())
 	}

@@ -119,6 +119,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Keys:         secrets.NewAccountKeys(client, cfg.ControllerNamespace),
 		Logger:       logger,
 		Observe:      m.ACMERequest,
+		Fault:        cfg.fault,
 	})
 	if err != nil {
 		return err
@@ -144,6 +145,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		RetryBase:        cfg.RetryBase,
 		RetryMax:         cfg.RetryMax,
 		Resync:           10 * time.Hour,
+		Fault:            cfg.fault,
 	})
 	if err != nil {
 		return err

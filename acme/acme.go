@@ -63,7 +63,16 @@ type Config struct {
 	Observe func(endpoint string, code int, took time.Duration)
 	// PollTimeout bounds each wait for the CA: validation, then issuance. 0: 2 minutes.
 	PollTimeout time.Duration
+	// Fault, if set, is called at FaultValidating and FaultFinalized; tests make
+	// it crash the process there.
+	Fault func(point string)
 }
+
+// Points in an order where Config.Fault is called.
+const (
+	FaultValidating = "validating" // the CA has been told to validate
+	FaultFinalized  = "finalized"  // the order is valid, the certificate not yet downloaded
+)
 
 // Client gets certificates from one ACME directory with one account, set up on
 // first use (and again after a failure). It is safe for concurrent use; orders
@@ -93,6 +102,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.PollTimeout <= 0 {
 		cfg.PollTimeout = 2 * time.Minute
+	}
+	if cfg.Fault == nil {
+		cfg.Fault = func(string) {}
 	}
 	hc := &http.Client{Timeout: 30 * time.Second}
 	if cfg.HTTPClient != nil {
@@ -212,6 +224,13 @@ type Challenge struct {
 func (c *Client) Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present func(context.Context, []Challenge) error) ([]byte, error) {
 	start := time.Now()
 	chain, err := c.issue(ctx, hosts, key, replaces, profile, present)
+	if isProblem(err, "accountDoesNotExist") {
+		// The CA forgot the account (a test CA restarted, or it was deactivated
+		// elsewhere): set it up afresh on the next call.
+		c.mu.Lock()
+		c.lib = nil
+		c.mu.Unlock()
+	}
 	if err != nil {
 		if at := c.transport.retryAfterSince(start); !at.IsZero() {
 			return nil, &retryAfterError{err: err, at: at}
@@ -293,6 +312,7 @@ func (c *Client) issue(ctx context.Context, hosts []string, key crypto.Signer, r
 				return nil, fmt.Errorf("validate %s: %w", ch.URL, err)
 			}
 		}
+		c.cfg.Fault(FaultValidating)
 		for _, u := range authzs {
 			if err := c.waitAuthorization(ctx, lib, account, u); err != nil {
 				return nil, err
@@ -376,6 +396,7 @@ func (c *Client) finalize(ctx context.Context, lib acmelib.Client, account acmel
 	if err != nil {
 		return nil, err
 	}
+	c.cfg.Fault(FaultFinalized)
 	certs, err := lib.FetchCertificates(account, order.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("download certificate: %w", err)

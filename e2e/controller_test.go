@@ -13,13 +13,14 @@ import (
 )
 
 // controllerBinary builds the controller once per test binary, with the race
-// detector on, so that every e2e run also hunts data races in the real process.
+// detector on, so that every e2e run also hunts data races in the real process,
+// and with the fault points (--crash-at) of build tag faults.
 var controllerBinary = sync.OnceValues(func() (string, error) {
 	root, err := testbed.RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	return testbed.BuildController(filepath.Join(root, "bin", "ingress-acme-e2e"), true)
+	return testbed.BuildController(filepath.Join(root, "bin", "ingress-acme-e2e"), true, "faults")
 })
 
 // controller is a testbed.Controller tied to a test: started ready, stopped at

@@ -49,7 +49,7 @@ func run(m *testing.M) int {
 	tb, err := testbed.Start(ctx, testbed.Options{Logf: logger.Printf, ShortLivedValidity: shortLived})
 	if err != nil {
 		started <- nil
-		fmt.Fprintf(os.Stderr, "e2e: FAIL: testbed: %v\n", err)
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: %v\n", err)
 		return 1
 	}
 	started <- tb

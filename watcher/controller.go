@@ -115,7 +115,18 @@ type Config struct {
 	Resync time.Duration
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
+	// Fault, if set, is called at each step of an order named by the Fault*
+	// constants; tests make it crash the process there.
+	Fault func(point string)
 }
+
+// Points in an order where Config.Fault is called.
+const (
+	FaultPathsInserted = "paths-inserted" // challenge paths are in the Ingress
+	FaultSelfChecked   = "self-checked"   // they answer; the CA is told next
+	FaultSecretWritten = "secret-written" // the certificate is stored
+	FaultBeforeRestore = "before-restore" // the paths are about to come out
+)
 
 // Controller reconciles certificates. Create it with New and start it with Run.
 type Controller struct {
@@ -174,6 +185,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Fault == nil {
+		cfg.Fault = func(string) {}
 	}
 	cfg.Workers = max(cfg.Workers, 1)
 	if cfg.MaxOrdersPerHour <= 0 {

@@ -181,13 +181,18 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 				return fmt.Errorf("insert challenge paths into ingress %s: %w", name, err)
 			}
 		}
+		c.cfg.Fault(FaultPathsInserted)
 		errs := make([]error, len(challenges))
 		var wg sync.WaitGroup
 		for i, ch := range challenges {
 			wg.Go(func() { errs[i] = c.cfg.SelfCheck.Check(ctx, ch.Host, ch.Token, ch.KeyAuth) })
 		}
 		wg.Wait()
-		return errors.Join(errs...)
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		c.cfg.Fault(FaultSelfChecked)
+		return nil
 	}
 
 	var chain []byte
@@ -208,11 +213,15 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 					return 0, nil
 				}
 				err = c.cfg.Secrets.Write(ctx, current, d.namespace, d.secret, chain, privateKey, c.cfg.Issuer.DirectoryURL())
+				if err == nil {
+					c.cfg.Fault(FaultSecretWritten)
+				}
 			}
 		}
 	}
 	// Only now, with the Secret written (or the order failed), come the paths out,
 	// in the same Update that makes spec.tls name the Secret.
+	c.cfg.Fault(FaultBeforeRestore)
 	mu.Lock()
 	cleanup := c.finish(ctx, d, inserted, err == nil)
 	mu.Unlock()

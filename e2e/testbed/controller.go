@@ -26,8 +26,8 @@ import (
 )
 
 // BuildController builds the controller from the repository into out (with the
-// race detector when race is set) and returns out.
-func BuildController(out string, race bool) (string, error) {
+// race detector when race is set, and the build tags given) and returns out.
+func BuildController(out string, race bool, tags ...string) (string, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
@@ -35,6 +35,9 @@ func BuildController(out string, race bool) (string, error) {
 	args := []string{"build", "-o", out}
 	if race {
 		args = append(args, "-race")
+	}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
 	}
 	cmd := exec.Command("go", append(args, ".")...)
 	cmd.Dir = root

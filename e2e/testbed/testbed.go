@@ -62,7 +62,10 @@ type Options struct {
 	// which an order asks for by name (to exercise renewal in seconds without
 	// shortening every other certificate); 0 means 6 days.
 	ShortLivedValidity time.Duration
-	// PebbleEnv is extra environment for Pebble, e.g. "PEBBLE_WFE_NONCEREJECT=30".
+	// PebbleEnv is extra environment for Pebble, e.g. "PEBBLE_WFE_NONCEREJECT=30",
+	// on top of PEBBLE_VA_NOSLEEP=1. No PEBBLE_* variable of the test's own
+	// environment reaches Pebble, so Pebble keeps its defaults otherwise (it
+	// rejects 5% of nonces and reuses 50% of valid authorizations).
 	// PEBBLE_VA_ALWAYS_VALID is refused: challenges must really be validated.
 	PebbleEnv []string
 }
