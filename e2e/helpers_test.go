@@ -144,6 +144,16 @@ func getSecret(t *testing.T, ns, name string) *corev1.Secret {
 // that verifies against Pebble's roots, and returns the Secret and its leaf.
 func waitCertificate(t *testing.T, ns, name string, timeout time.Duration, hosts ...string) (*corev1.Secret, *x509.Certificate) {
 	t.Helper()
+	roots, err := bed.PebbleRootPool(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return waitCertificateFrom(t, roots, ns, name, timeout, hosts...)
+}
+
+// waitCertificateFrom is waitCertificate verifying against roots.
+func waitCertificateFrom(t *testing.T, roots *x509.CertPool, ns, name string, timeout time.Duration, hosts ...string) (*corev1.Secret, *x509.Certificate) {
+	t.Helper()
 	var sec *corev1.Secret
 	var leaf *x509.Certificate
 	waitFor(t, timeout, "certificate in Secret "+name, func() (bool, string) {
@@ -152,7 +162,7 @@ func waitCertificate(t *testing.T, ns, name string, timeout time.Duration, hosts
 			return false, "no Secret"
 		}
 		var err error
-		leaf, err = verifyChain(sec.Data[corev1.TLSCertKey], hosts...)
+		leaf, err = verifyChainWith(roots, sec.Data[corev1.TLSCertKey], hosts...)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -168,6 +178,11 @@ func verifyChain(chainPEM []byte, hosts ...string) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	return verifyChainWith(roots, chainPEM, hosts...)
+}
+
+// verifyChainWith is verifyChain against roots.
+func verifyChainWith(roots *x509.CertPool, chainPEM []byte, hosts ...string) (*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for rest := chainPEM; ; {
 		var block *pem.Block

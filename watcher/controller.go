@@ -303,7 +303,8 @@ func (c *Controller) next(ctx context.Context) bool {
 		c.log.Error("sync failed", "secret", key, "err", err, "retry_in", delay.Round(time.Second).String())
 		c.queue.AddAfter(key, delay)
 	default:
-		c.limiter.Forget(key)
+		// The failure count is forgotten by sync itself when the certificate is
+		// fine, not here: a sync that only waits out a backoff must keep it.
 		if requeue > 0 {
 			c.queue.AddAfter(key, requeue)
 		}

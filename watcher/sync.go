@@ -23,6 +23,9 @@ import (
 // errIngressGone is returned by editIngress when the Ingress no longer exists.
 var errIngressGone = errors.New("ingress no longer exists")
 
+// errPathsRemoved ends an order whose challenge paths someone else took out.
+var errPathsRemoved = errors.New("the challenge paths were removed from the Ingress by someone else")
+
 // ariRecheck is how often the CA's renewal information is read again for a
 // certificate that is not yet due.
 const ariRecheck = 6 * time.Hour
@@ -53,6 +56,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 	if len(ings) == 0 {
 		c.cfg.Metrics.DeleteCertificate(ns, name)
 		c.forget(key)
+		c.limiter.Forget(key)
 		return 0, nil
 	}
 	d, problems := desiredFor(ns, name, ings)
@@ -61,6 +65,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 			c.log.Warn("certificate not ordered", "ingress", ns+"/"+p.ingress.Name, "secret", key, "reason", p.reason, "problem", p.message)
 			c.recorder.Event(p.ingress, corev1.EventTypeWarning, p.reason, p.message)
 		}
+		c.limiter.Forget(key)
 		return 0, nil
 	}
 
@@ -73,6 +78,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 		c.log.Warn("secret not owned", "secret", key)
 		c.event(d, corev1.EventTypeWarning, "SecretNotOwned", msg)
 		c.cfg.Metrics.DeleteCertificate(ns, name)
+		c.limiter.Forget(key)
 		return 0, nil
 	}
 
@@ -103,6 +109,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 				return 0, err
 			}
 			c.cfg.Metrics.SetCertificate(ns, name, leaf.NotAfter, renewAt, true)
+			c.limiter.Forget(key)
 			return max(time.Second, min(renewAt.Sub(c.now()), st.recheck.Sub(c.now()))), nil
 		}
 		reason = "renewal due"
@@ -182,12 +189,22 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 			}
 		}
 		c.cfg.Fault(FaultPathsInserted)
+		// Self-check every challenge, giving up at once if someone else takes our
+		// paths out meanwhile (say, by replacing the spec): they are not re-added,
+		// and the order fails; a new one follows after the backoff.
+		checkCtx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stop := c.watchPaths(checkCtx, d.namespace, byIngress, cancel)
 		errs := make([]error, len(challenges))
 		var wg sync.WaitGroup
 		for i, ch := range challenges {
-			wg.Go(func() { errs[i] = c.cfg.SelfCheck.Check(ctx, ch.Host, ch.Token, ch.KeyAuth) })
+			wg.Go(func() { errs[i] = c.cfg.SelfCheck.Check(checkCtx, ch.Host, ch.Token, ch.KeyAuth) })
 		}
 		wg.Wait()
+		stop()
+		if cause := context.Cause(checkCtx); errors.Is(cause, errPathsRemoved) {
+			return cause
+		}
 		if err := errors.Join(errs...); err != nil {
 			return err
 		}
@@ -233,6 +250,7 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 		return 0, errors.Join(err, cleanup)
 	}
 	st.failedFor, st.serial = "", ""
+	c.limiter.Forget(key)
 	c.cfg.Metrics.Issuance(kind, "success", took)
 	notAfter := "?"
 	if l := parseLeaf(chain); l != nil {
@@ -291,6 +309,57 @@ func (c *Controller) finish(ctx context.Context, d desired, inserted map[string]
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// watchPaths checks the Ingress cache every 50 ms until stop is called and calls
+// cancel(errPathsRemoved) if an Ingress of byIngress no longer holds its paths.
+func (c *Controller) watchPaths(ctx context.Context, namespace string, byIngress map[string][]Entry, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			for name, entries := range byIngress {
+				ing, err := c.ingresses.Ingresses(namespace).Get(name)
+				if apierrors.IsNotFound(err) || err == nil && !hasPaths(ing, entries) {
+					cancel(fmt.Errorf("ingress %s: %w", name, errPathsRemoved))
+					return
+				}
+			}
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
+// hasPaths reports whether ing routes every entry's path.
+func hasPaths(ing *networkingv1.Ingress, entries []Entry) bool {
+	for _, e := range entries {
+		found := false
+		for _, r := range ing.Spec.Rules {
+			if r.HTTP == nil || !strings.EqualFold(r.Host, e.Host) {
+				continue
+			}
+			if slices.ContainsFunc(r.HTTP.Paths, func(p networkingv1.HTTPIngressPath) bool { return p.Path == e.Path() }) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 // editIngress applies edit to a copy of the Ingress and updates it, with the

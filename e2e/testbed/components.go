@@ -282,6 +282,11 @@ providers:
 // pebbleJSON is Pebble's configuration: loopback listeners, challenges sent to
 // Traefik's entrypoints, and the default profile's validity from Options.
 func (tb *Testbed) pebbleJSON() ([]byte, error) {
+	return tb.pebbleJSONFor(tb.pebblePort, tb.pebbleMgmtPort)
+}
+
+// pebbleJSONFor is pebbleJSON for a Pebble listening on port and mgmtPort.
+func (tb *Testbed) pebbleJSONFor(port, mgmtPort int) ([]byte, error) {
 	validity := tb.opts.CertValidity
 	if validity == 0 {
 		validity = 90 * 24 * time.Hour
@@ -297,8 +302,8 @@ func (tb *Testbed) pebbleJSON() ([]byte, error) {
 		return nil, fmt.Errorf("testbed: ShortLivedValidity %s is under a second", short)
 	}
 	cfg := map[string]any{"pebble": map[string]any{
-		"listenAddress":                  hostPort(tb.pebblePort),
-		"managementListenAddress":        hostPort(tb.pebbleMgmtPort),
+		"listenAddress":                  hostPort(port),
+		"managementListenAddress":        hostPort(mgmtPort),
 		"certificate":                    tb.Tools.PebbleCert,
 		"privateKey":                     tb.Tools.PebbleKey,
 		"httpPort":                       tb.webPort,

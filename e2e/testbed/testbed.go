@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -252,7 +253,13 @@ func (tb *Testbed) Stop() {
 		t0 := time.Now()
 		tb.mu.Lock()
 		var parts []string
-		for _, name := range stopOrder {
+		names := slices.Clone(stopOrder)
+		for name := range tb.procs { // extra components (ExtraPebble) first
+			if !slices.Contains(names, name) {
+				names = append([]string{name}, names...)
+			}
+		}
+		for _, name := range names {
 			p := tb.procs[name]
 			if p == nil || !p.running() {
 				continue
