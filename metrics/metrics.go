@@ -25,6 +25,7 @@ type Metrics struct {
 	acmeDuration      *prometheus.HistogramVec
 	challengeRequests *prometheus.CounterVec
 	selfChecks        *prometheus.CounterVec
+	workqueue         *workqueueProvider
 }
 
 // New creates the collectors and registers them, with a build_info gauge for
@@ -80,6 +81,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	info.Set(1)
 	reg.MustRegister(m.certExpiry, m.certRenewal, m.certReady, m.issuances, m.orderDuration,
 		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, info)
+	m.workqueue = newWorkqueueProvider(reg)
 	return m
 }
 
