@@ -1,0 +1,429 @@
+package watcher
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/ingress-acme/ingress-acme/metrics"
+	"github.com/ingress-acme/ingress-acme/secrets"
+)
+
+// fakeIssuer issues self-signed certificates after presenting one challenge
+// per host; it records what it saw of the Ingress while the challenges were in.
+type fakeIssuer struct {
+	t      *testing.T
+	client *fake.Clientset
+	fail   error
+	window func(*x509.Certificate) (time.Time, time.Time, bool)
+
+	// mu guards orders and pathsSeen.
+	mu        sync.Mutex
+	orders    int
+	pathsSeen []string
+}
+
+func (f *fakeIssuer) Issue(ctx context.Context, hosts []string, key crypto.Signer, _ *x509.Certificate, _ string, present PresentFunc) ([]byte, error) {
+	f.mu.Lock()
+	f.orders++
+	f.mu.Unlock()
+	var chs []Challenge
+	for _, h := range hosts {
+		chs = append(chs, Challenge{Host: h, Token: "tok-" + strings.ReplaceAll(h, ".", "-"), KeyAuth: "ka"})
+	}
+	if err := present(ctx, chs); err != nil {
+		return nil, err
+	}
+	ings, _ := f.client.NetworkingV1().Ingresses("ns").List(ctx, metav1.ListOptions{})
+	for _, ing := range ings.Items {
+		for _, r := range ing.Spec.Rules {
+			for _, p := range r.HTTP.Paths {
+				if strings.HasPrefix(p.Path, ChallengePathPrefix) {
+					f.mu.Lock()
+					f.pathsSeen = append(f.pathsSeen, r.Host+p.Path)
+					f.mu.Unlock()
+				}
+			}
+		}
+	}
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	return selfSigned(f.t, hosts, key, time.Now().Add(-time.Hour), time.Now().Add(90*24*time.Hour)), nil
+}
+
+func (f *fakeIssuer) RenewalWindow(_ context.Context, cert *x509.Certificate) (time.Time, time.Time, bool, error) {
+	if f.window != nil {
+		s, e, ok := f.window(cert)
+		return s, e, ok, nil
+	}
+	return time.Time{}, time.Time{}, false, nil
+}
+
+func (f *fakeIssuer) DirectoryURL() string { return "https://ca.test/dir" }
+
+func (f *fakeIssuer) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.orders
+}
+
+func selfSigned(t *testing.T, hosts []string, key crypto.Signer, notBefore, notAfter time.Time) []byte {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: hosts[0]},
+		DNSNames:     hosts,
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// fakeChallenges records presented tokens.
+type fakeChallenges struct {
+	// mu guards live.
+	mu   sync.Mutex
+	live map[string]string
+}
+
+func (f *fakeChallenges) Present(_, token, keyAuth string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.live[token] = keyAuth
+}
+
+func (f *fakeChallenges) Remove(token string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.live, token)
+}
+
+type fakeSolver struct{}
+
+func (fakeSolver) Ensure(context.Context, string) error { return nil }
+func (fakeSolver) Name() string                         { return "ingress-acme-solver" }
+
+type fakeSelfCheck struct{ err error }
+
+func (f fakeSelfCheck) Check(context.Context, string, string, string) error { return f.err }
+
+type fixture struct {
+	c        *Controller
+	client   *fake.Clientset
+	issuer   *fakeIssuer
+	chals    *fakeChallenges
+	recorder *record.FakeRecorder
+}
+
+func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
+	t.Helper()
+	client := fake.NewClientset(objs...)
+	f := &fixture{client: client, issuer: &fakeIssuer{t: t, client: client}, chals: &fakeChallenges{live: map[string]string{}}}
+	c, err := New(Config{
+		Client: client, Issuer: f.issuer, Secrets: secrets.NewStore(client), Challenges: f.chals,
+		Solver: fakeSolver{}, SelfCheck: fakeSelfCheck{}, Metrics: metrics.New(prometheus.NewRegistry(), "test"),
+		SecretSelector: secrets.Selector, MaxOrdersPerHour: 3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.recorder = record.NewFakeRecorder(100)
+	c.recorder = f.recorder
+	f.c = c
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	for _, fac := range c.factories {
+		fac.Start(ctx.Done())
+	}
+	for _, fac := range c.factories {
+		fac.WaitForCacheSync(ctx.Done())
+	}
+	return f
+}
+
+// sync runs one sync of key after the caches have caught up with the API.
+func (f *fixture) sync(t *testing.T, key string) (time.Duration, error) {
+	t.Helper()
+	f.waitCaches(t)
+	return f.c.sync(context.Background(), key)
+}
+
+// waitCaches waits until the informers hold what the fake API server holds.
+func (f *fixture) waitCaches(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		ings, _ := f.client.NetworkingV1().Ingresses("").List(context.Background(), metav1.ListOptions{})
+		secs, _ := f.client.CoreV1().Secrets("").List(context.Background(), metav1.ListOptions{LabelSelector: secrets.Selector})
+		cachedIngs, _ := f.c.ingresses.List(labelsEverything())
+		cachedSecs, _ := f.c.secrets.List(labelsEverything())
+		if sameVersions(ings.Items, cachedIngs) && len(secs.Items) == len(cachedSecs) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("caches did not catch up")
+}
+
+func sameVersions(api []networkingv1.Ingress, cached []*networkingv1.Ingress) bool {
+	if len(api) != len(cached) {
+		return false
+	}
+	rv := map[string]string{}
+	for _, i := range cached {
+		rv[i.Name] = i.ResourceVersion
+	}
+	for _, i := range api {
+		if rv[i.Name] != i.ResourceVersion {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fixture) events() []string {
+	var out []string
+	for {
+		select {
+		case e := <-f.recorder.Events:
+			out = append(out, e)
+		default:
+			return out
+		}
+	}
+}
+
+func (f *fixture) writes() map[string]int {
+	n := map[string]int{}
+	for _, a := range f.client.Actions() {
+		switch a.GetVerb() {
+		case "create", "update", "patch", "delete":
+			n[a.GetVerb()+" "+a.GetResource().Resource]++
+		}
+	}
+	return n
+}
+
+func ingress(name string, annotations map[string]string, hosts ...string) *networkingv1.Ingress {
+	prefix := networkingv1.PathTypePrefix
+	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", Annotations: annotations, ResourceVersion: "1"}}
+	for _, h := range hosts {
+		ing.Spec.Rules = append(ing.Spec.Rules, networkingv1.IngressRule{Host: h, IngressRuleValue: networkingv1.IngressRuleValue{
+			HTTP: &networkingv1.HTTPIngressRuleValue{Paths: []networkingv1.HTTPIngressPath{{Path: "/", PathType: &prefix,
+				Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{Name: "web", Port: networkingv1.ServiceBackendPort{Number: 80}}}}}},
+		}})
+	}
+	return ing
+}
+
+var optIn = map[string]string{AnnotationTLSACME: "true"}
+
+func TestSyncIssuesStoresAndRestores(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test", "b.test"))
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 1 {
+		t.Fatalf("orders: got %d, want 1", got)
+	}
+	if got := len(f.issuer.pathsSeen); got != 2 {
+		t.Errorf("challenge paths in the Ingress while the CA validated: got %v, want one per host", f.issuer.pathsSeen)
+	}
+	sec, err := f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !secrets.Owned(sec) || sec.Type != corev1.SecretTypeTLS {
+		t.Errorf("secret: owned %v type %s, want owned kubernetes.io/tls", secrets.Owned(sec), sec.Type)
+	}
+	ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
+	if _, ok := ing.Annotations[JournalAnnotation]; ok {
+		t.Error("journal left on the Ingress")
+	}
+	for _, r := range ing.Spec.Rules {
+		if len(r.HTTP.Paths) != 1 || r.HTTP.Paths[0].Path != "/" {
+			t.Errorf("rule %s: got paths %v, want only /", r.Host, r.HTTP.Paths)
+		}
+	}
+	if len(ing.Spec.TLS) != 1 || ing.Spec.TLS[0].SecretName != "shop-tls" || len(ing.Spec.TLS[0].Hosts) != 2 {
+		t.Errorf("spec.tls: got %v, want shop-tls for both hosts", ing.Spec.TLS)
+	}
+	if len(f.chals.live) != 0 {
+		t.Errorf("tokens still answered: %v", f.chals.live)
+	}
+	w := f.writes()
+	if w["update ingresses"] != 2 || w["create secrets"] != 1 {
+		t.Errorf("API writes: got %v, want 2 Ingress updates and 1 Secret create", w)
+	}
+	evs := strings.Join(f.events(), "\n")
+	if !strings.Contains(evs, "Normal Issuing") || !strings.Contains(evs, "Normal Issued") {
+		t.Errorf("events: got %q, want Issuing and Issued", evs)
+	}
+
+	// Once issued, another sync orders nothing and schedules the renewal.
+	requeue, err := f.sync(t, "ns/shop-tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 1 {
+		t.Errorf("orders after a second sync: got %d, want 1", got)
+	}
+	if requeue < time.Hour {
+		t.Errorf("requeue after: got %s, want hours (renewal at a third of 90 days left, or an ARI recheck)", requeue)
+	}
+}
+
+func TestSyncNeverTouchesForeignSecret(t *testing.T) {
+	foreign := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "shop-tls", Namespace: "ns"}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{"tls.crt": []byte("theirs")}}
+	f := newFixture(t, ingress("shop", optIn, "a.test"), foreign)
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 0 {
+		t.Errorf("orders: got %d, want 0", got)
+	}
+	if w := f.writes(); len(w) != 0 {
+		t.Errorf("API writes: got %v, want none", w)
+	}
+	if evs := strings.Join(f.events(), "\n"); !strings.Contains(evs, "Warning SecretNotOwned") {
+		t.Errorf("events: got %q, want a SecretNotOwned warning", evs)
+	}
+}
+
+func TestSyncBadInputWarnsAndOrdersNothing(t *testing.T) {
+	tests := []struct {
+		name   string
+		ing    *networkingv1.Ingress
+		key    string
+		reason string
+	}{
+		{"bad key type", ingress("a", map[string]string{AnnotationTLSACME: "true", AnnotationKeyType: "dsa"}, "a.test"), "ns/a-tls", "InvalidAnnotation"},
+		{"bad opt-in value", ingress("b", map[string]string{AnnotationTLSACME: "yes"}, "b.test"), "ns/b-tls", "InvalidAnnotation"},
+		{"wildcard", ingress("c", optIn, "*.c.test"), "ns/c-tls", "InvalidHost"},
+		{"no hosts", ingress("d", optIn), "ns/d-tls", "NoHosts"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, tt.ing)
+			requeue, err := f.sync(t, tt.key)
+			if err != nil || requeue != 0 {
+				t.Errorf("sync: got (%s, %v), want (0, nil): no requeue storm", requeue, err)
+			}
+			if got := f.issuer.count(); got != 0 {
+				t.Errorf("orders: got %d, want 0", got)
+			}
+			if evs := strings.Join(f.events(), "\n"); !strings.Contains(evs, "Warning "+tt.reason) {
+				t.Errorf("events: got %q, want a %s warning", evs, tt.reason)
+			}
+		})
+	}
+}
+
+func TestSyncRemovesLeftoverJournal(t *testing.T) {
+	ing := ingress("shop", nil, "a.test")
+	if _, err := insertPaths(ing, []Entry{{Secret: "shop-tls", Host: "a.test", Token: "old"}}, "ingress-acme-solver", networkingv1.PathTypeExact); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, ing) // not opted in any more, paths left by a dead process
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
+	if _, ok := got.Annotations[JournalAnnotation]; ok || len(got.Spec.Rules[0].HTTP.Paths) != 1 {
+		t.Errorf("leftover not removed: annotations %v, paths %v", got.Annotations, got.Spec.Rules[0].HTTP.Paths)
+	}
+	if f.issuer.count() != 0 {
+		t.Error("an order was placed for an Ingress that does not opt in")
+	}
+}
+
+func TestSyncFailureCleansUpAndBacksOff(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	f.issuer.fail = errors.New(`acme: error code 403 "urn:ietf:params:acme:error:unauthorized": nope`)
+	if _, err := f.sync(t, "ns/shop-tls"); err == nil {
+		t.Fatal("sync: got nil error, want the order's failure")
+	}
+	ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
+	if _, ok := ing.Annotations[JournalAnnotation]; ok || len(ing.Spec.Rules[0].HTTP.Paths) != 1 || len(ing.Spec.TLS) != 0 {
+		t.Errorf("after a failure: journal %v, paths %v, tls %v; want the Ingress as written", ing.Annotations, ing.Spec.Rules[0].HTTP.Paths, ing.Spec.TLS)
+	}
+	if evs := strings.Join(f.events(), "\n"); !strings.Contains(evs, "Warning Failed") || !strings.Contains(evs, "unauthorized") {
+		t.Errorf("events: got %q, want a Failed warning with the CA's problem", evs)
+	}
+	// The worker sets the backoff; a sync brought by an event meanwhile must
+	// not order again.
+	f.c.setRetry("ns/shop-tls", time.Minute)
+	requeue, err := f.sync(t, "ns/shop-tls")
+	if err != nil || requeue <= 0 || requeue > time.Minute {
+		t.Errorf("sync during backoff: got (%s, %v), want (the rest of the backoff, nil)", requeue, err)
+	}
+	if got := f.issuer.count(); got != 1 {
+		t.Errorf("orders: got %d, want 1", got)
+	}
+}
+
+func TestSyncOrderLimit(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	f.issuer.fail = errors.New("boom")
+	for range 5 {
+		_, _ = f.sync(t, "ns/shop-tls")
+	}
+	if got := f.issuer.count(); got != 3 {
+		t.Errorf("orders: got %d, want 3 (MaxOrdersPerHour)", got)
+	}
+	if evs := strings.Join(f.events(), "\n"); !strings.Contains(evs, "Warning OrderLimit") {
+		t.Errorf("events: got %q, want an OrderLimit warning", evs)
+	}
+}
+
+func TestSyncRenewsInsideARIWindow(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitCaches(t)
+	// The CA now says: renew in a window that has begun.
+	f.issuer.window = func(*x509.Certificate) (time.Time, time.Time, bool) {
+		return time.Now().Add(-time.Hour), time.Now().Add(-time.Minute), true
+	}
+	f.c.stateFor("ns/shop-tls").serial = "" // forget the cached renewal time, as a recheck would
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 2 {
+		t.Errorf("orders: got %d, want 2 (issue, then renew)", got)
+	}
+	if evs := strings.Join(f.events(), "\n"); !strings.Contains(evs, "Normal Renewed") {
+		t.Errorf("events: got %q, want Renewed", evs)
+	}
+	updates := f.writes()["update secrets"]
+	if updates != 1 {
+		t.Errorf("secret updates: got %d, want 1 (renewed in place)", updates)
+	}
+}
+
+func labelsEverything() labels.Selector { return labels.Everything() }
