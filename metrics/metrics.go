@@ -25,6 +25,7 @@ type Metrics struct {
 	acmeDuration      *prometheus.HistogramVec
 	challengeRequests *prometheus.CounterVec
 	selfChecks        *prometheus.CounterVec
+	problems          *prometheus.CounterVec
 	workqueue         *workqueueProvider
 }
 
@@ -73,6 +74,10 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Help: "Attempts to fetch a challenge through the ingress before asking the CA, by outcome (ok, fail).",
 		}, []string{"outcome"}),
 	}
+	m.problems = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "sync_problems_total",
+		Help: "Certificates not ordered because of a problem the user must fix, by reason (InvalidAnnotation, InvalidHost, NoHosts, ConflictingOptions, SecretNotOwned, OrderLimit).",
+	}, []string{"reason"})
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help:        "Always 1; the labels tell the version and Go version.",
@@ -80,7 +85,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	})
 	info.Set(1)
 	reg.MustRegister(m.certExpiry, m.certRenewal, m.certReady, m.issuances, m.orderDuration,
-		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, info)
+		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, m.problems, info)
 	m.workqueue = newWorkqueueProvider(reg)
 	return m
 }
@@ -126,6 +131,11 @@ func (m *Metrics) ACMERequest(endpoint string, code int, took time.Duration) {
 // ChallengeRequest counts one request to the challenge server.
 func (m *Metrics) ChallengeRequest(outcome string) {
 	m.challengeRequests.WithLabelValues(outcome).Inc()
+}
+
+// Problem counts a certificate not ordered for reason, one of a fixed few.
+func (m *Metrics) Problem(reason string) {
+	m.problems.WithLabelValues(reason).Inc()
 }
 
 // SelfCheck counts one self-check attempt.

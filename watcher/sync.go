@@ -64,6 +64,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 		for _, p := range problems {
 			c.log.Warn("certificate not ordered", "ingress", ns+"/"+p.ingress.Name, "secret", key, "reason", p.reason, "problem", p.message)
 			c.recorder.Event(p.ingress, corev1.EventTypeWarning, p.reason, p.message)
+			c.cfg.Metrics.Problem(p.reason)
 		}
 		c.limiter.Forget(key)
 		return 0, nil
@@ -77,6 +78,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 		msg := fmt.Sprintf("Secret %s exists and is not managed by ingress-acme: it is left untouched and no certificate is ordered (delete it, or name another Secret in spec.tls)", name)
 		c.log.Warn("secret not owned", "secret", key)
 		c.event(d, corev1.EventTypeWarning, "SecretNotOwned", msg)
+		c.cfg.Metrics.Problem("SecretNotOwned")
 		c.cfg.Metrics.DeleteCertificate(ns, name)
 		c.limiter.Forget(key)
 		return 0, nil
@@ -129,6 +131,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 		msg := fmt.Sprintf("%d orders for Secret %s in the last hour, the most allowed: next order in %s", len(st.orders), name, wait.Round(time.Second))
 		c.log.Warn("order limit reached", "secret", key, "orders", len(st.orders), "wait", wait.Round(time.Second).String())
 		c.event(d, corev1.EventTypeWarning, "OrderLimit", msg)
+		c.cfg.Metrics.Problem("OrderLimit")
 		return wait, nil
 	}
 	return c.order(ctx, key, d, sec, leaf, reason, st)
