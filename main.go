@@ -183,9 +183,15 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		})
 		g.Go(func() error {
 			<-ctx.Done()
-			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			// Connections that never sent a request (an ingress controller's
+			// pre-opened ones) hold Shutdown for 5 s: give in-flight requests a
+			// moment, then close the rest; that is a normal stop, not an error.
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			return s.srv.Shutdown(shutdownCtx)
+			if err := s.srv.Shutdown(shutdownCtx); err != nil {
+				return s.srv.Close()
+			}
+			return nil
 		})
 	}
 	g.Go(func() error {

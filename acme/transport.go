@@ -99,7 +99,12 @@ func (t *transport) endpoint(req *http.Request) string {
 	case d.RenewalInfo != "" && strings.HasPrefix(u, d.RenewalInfo):
 		return "renewal-info"
 	}
+	// The last segment is the CA's random identifier: only the ones before it
+	// name the resource ("/my-order/<id>", "/acme/order/<acct>/<id>").
 	p := strings.ToLower(req.URL.Path)
+	if i := strings.LastIndex(strings.TrimSuffix(p, "/"), "/"); i > 0 {
+		p = p[:i]
+	}
 	switch {
 	case strings.Contains(p, "finalize"):
 		return "finalize"

@@ -140,3 +140,34 @@ func TestFiftyWithKills(t *testing.T) {
 		t.Errorf("orders: got %d, want at most %d", o, n+kills*16)
 	}
 }
+
+// Stopped gracefully (SIGTERM) while a challenge path is in, the controller
+// takes it out before it exits: nothing is left for the next process to undo.
+func TestGracefulStopMidOrder(t *testing.T) {
+	t.Parallel()
+	ns := newNamespace(t)
+	startBackend(t, ns, "web")
+	ctl := startController(t, ns)
+	name, created := duringChallenge(t, ns, "sigterm", func(*networkingv1.Ingress) error {
+		ctl.stop()
+		return nil
+	})
+	ing := getIngress(t, ns, name)
+	if _, ok := ing.Annotations[journalAnnotation]; ok {
+		t.Errorf("journal left behind by a graceful stop: %s", ing.Annotations[journalAnnotation])
+	}
+	for _, r := range ing.Spec.Rules {
+		for _, p := range r.HTTP.Paths {
+			if p.Path != "/" {
+				t.Errorf("path %s left behind by a graceful stop", p.Path)
+			}
+		}
+	}
+	interrupted, completed := ctl.count("order interrupted by shutdown"), ctl.count("certificate issued")
+	if interrupted+completed != 1 {
+		t.Errorf("the order was neither interrupted nor completed (%d, %d)", interrupted, completed)
+	}
+	t.Logf("stopped mid-order: interrupted %d, completed %d", interrupted, completed)
+	ctl.start()
+	assertIssuedAndClean(t, created, name+"-tls", 60*time.Second)
+}

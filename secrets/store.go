@@ -56,10 +56,14 @@ func (s *Store) Put(ctx context.Context, current, desired *corev1.Secret) error 
 			if current, err = s.Get(ctx, desired.Namespace, desired.Name); err != nil {
 				return err
 			}
-			if !Owned(current) {
-				return ErrNotOwned
+			if current == nil { // deleted again meanwhile: create it after all
+				_, err = api.Create(ctx, desired, metav1.CreateOptions{})
+				if err != nil {
+					return fmt.Errorf("create secret %s/%s: %w", desired.Namespace, desired.Name, err)
+				}
+				return nil
 			}
-			return s.Put(ctx, current, desired)
+			return s.Put(ctx, current, desired) // refuses a Secret not ours
 		}
 		if err != nil {
 			return fmt.Errorf("create secret %s/%s: %w", desired.Namespace, desired.Name, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -28,12 +29,16 @@ type Services struct {
 	client   kubernetes.Interface
 	name     string
 	endpoint Endpoint
+
+	// mu guards ensured.
+	mu      sync.Mutex
+	ensured map[string]bool // namespaces found or made right since the last Forget
 }
 
 // NewServices returns Services that write through client a Service and
 // EndpointSlice called name.
 func NewServices(client kubernetes.Interface, name string, endpoint Endpoint) *Services {
-	return &Services{client: client, name: name, endpoint: endpoint}
+	return &Services{client: client, name: name, endpoint: endpoint, ensured: map[string]bool{}}
 }
 
 // Name is the Service's name, the backend of every challenge path.
@@ -42,13 +47,33 @@ func (s *Services) Name() string { return s.name }
 const managedBy = "ingress-acme"
 
 // Ensure makes the Service and its EndpointSlice in namespace exist and point at
-// the endpoint. It reads both and writes only what is missing or differs, so it
-// costs two reads when all is in place.
+// the endpoint. It reads both and writes only what is missing or differs, once:
+// later calls for the namespace cost nothing until Forget(namespace).
 func (s *Services) Ensure(ctx context.Context, namespace string) error {
+	s.mu.Lock()
+	done := s.ensured[namespace]
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
 	if err := s.ensureService(ctx, namespace); err != nil {
 		return err
 	}
-	return s.ensureSlice(ctx, namespace)
+	if err := s.ensureSlice(ctx, namespace); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.ensured[namespace] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// Forget makes the next Ensure for namespace check the API server again: call it
+// when a challenge there did not answer (someone may have deleted the Service).
+func (s *Services) Forget(namespace string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ensured, namespace)
 }
 
 func (s *Services) labels() map[string]string {
@@ -66,7 +91,7 @@ func (s *Services) ensureService(ctx context.Context, namespace string) error {
 		}
 		_, err = api.Create(ctx, svc, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
-			return nil
+			return s.ensureService(ctx, namespace) // made meanwhile: check whose it is
 		}
 		if err != nil {
 			return fmt.Errorf("create service %s/%s: %w", namespace, s.name, err)

@@ -77,6 +77,8 @@ type ChallengeServer interface {
 type SolverService interface {
 	// Ensure makes the Service (and its endpoints) exist in namespace.
 	Ensure(ctx context.Context, namespace string) error
+	// Forget makes the next Ensure check again, after a challenge failed.
+	Forget(namespace string)
 	// Name is the Service's name.
 	Name() string
 }
@@ -378,9 +380,13 @@ func (c *Controller) setRetry(key string, delay time.Duration) {
 	c.stateFor(key).retryAt = c.now().Add(delay)
 }
 
-// forget drops the remembered state of key.
+// forget drops the remembered state of key, unless it placed orders in the last
+// hour: toggling the opt-in must not reset the hourly order limit.
 func (c *Controller) forget(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if s, ok := c.state[key]; ok && len(s.orders) > 0 && c.now().Sub(s.orders[len(s.orders)-1]) < time.Hour {
+		return
+	}
 	delete(c.state, key)
 }

@@ -64,7 +64,7 @@ func certSpecs(ing *networkingv1.Ingress) []certSpec {
 		if t.SecretName == "" {
 			continue
 		}
-		hosts := ruleHosts
+		hosts := slices.Clone(ruleHosts) // appended to below: never share ruleHosts' array
 		if len(t.Hosts) > 0 {
 			hosts = nil
 			for _, h := range t.Hosts {

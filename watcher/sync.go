@@ -43,13 +43,15 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 	// worker at a time and orders run inside sync), so journalled paths for it are
 	// left over from a failed attempt or a process that died: remove them.
 	for _, ing := range c.indexed(indexJournal, key) {
-		err := c.editIngress(ctx, ns, ing.Name, func(i *networkingv1.Ingress) (bool, error) {
+		removed, err := c.editIngress(ctx, ns, ing.Name, false, func(i *networkingv1.Ingress) (bool, error) {
 			return removePaths(i, name, c.cfg.Solver.Name()), nil
 		})
 		if err != nil && !errors.Is(err, errIngressGone) {
 			return 0, fmt.Errorf("remove leftover challenge paths from ingress %s: %w", ing.Name, err)
 		}
-		c.log.Info("removed leftover challenge paths", "ingress", ns+"/"+ing.Name, "secret", key)
+		if removed {
+			c.log.Info("removed leftover challenge paths", "ingress", ns+"/"+ing.Name, "secret", key)
+		}
 	}
 
 	ings := c.indexed(indexCert, key)
@@ -184,7 +186,7 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 		}
 		mu.Unlock()
 		for _, name := range sortedKeys(byIngress) {
-			err := c.editIngress(ctx, d.namespace, name, func(ing *networkingv1.Ingress) (bool, error) {
+			_, err := c.editIngress(ctx, d.namespace, name, false, func(ing *networkingv1.Ingress) (bool, error) {
 				return insertPaths(ing, byIngress[name], c.cfg.Solver.Name(), d.options.pathType)
 			})
 			if err != nil {
@@ -226,10 +228,18 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 		if kerr != nil {
 			err = kerr
 		} else {
-			chain, err = c.cfg.Issuer.Issue(ctx, d.hosts, privateKey, replaces, d.options.profile, present)
+			chain, err = c.cfg.Issuer.Issue(ctx, d.hosts, privateKey, replaces, d.options.profile, func(ctx context.Context, chs []Challenge) error {
+				err := present(ctx, chs)
+				if err != nil {
+					c.cfg.Solver.Forget(d.namespace)
+				}
+				return err
+			})
 			if err == nil {
 				if !slices.ContainsFunc(c.indexed(indexCert, key), optedIn) {
-					c.abandon(ctx, d, inserted)
+					cleanupCtx, cancel := cleanupContext(ctx)
+					defer cancel()
+					c.abandon(cleanupCtx, d, inserted)
 					return 0, nil
 				}
 				err = c.cfg.Secrets.Write(ctx, current, d.namespace, d.secret, chain, privateKey, c.cfg.Issuer.DirectoryURL())
@@ -242,10 +252,16 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 	// Only now, with the Secret written (or the order failed), come the paths out,
 	// in the same Update that makes spec.tls name the Secret.
 	c.cfg.Fault(FaultBeforeRestore)
+	cleanupCtx, cancel := cleanupContext(ctx)
+	defer cancel()
 	mu.Lock()
-	cleanup := c.finish(ctx, d, inserted, err == nil)
+	cleanup := c.finish(cleanupCtx, d, inserted, err == nil)
 	mu.Unlock()
 	took := c.now().Sub(start)
+	if err != nil && ctx.Err() != nil {
+		log.Info("order interrupted by shutdown", "err", err)
+		return 0, errors.Join(err, cleanup)
+	}
 	if err != nil {
 		st.failedFor = fp
 		c.cfg.Metrics.Issuance(kind, "failure", took)
@@ -272,12 +288,19 @@ func (c *Controller) order(ctx context.Context, key string, d desired, current *
 	return 0, nil // the Secret's update event brings the next sync, which schedules renewal
 }
 
+// cleanupContext is for undoing our Ingress edits: it outlives ctx's cancellation
+// (a shutdown must not leave challenge paths behind) but not by more than 10 s.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+}
+
 // abandon cleans up after an order whose certificate nobody wants any more (the
 // annotation was removed, or the Ingresses deleted, while it ran).
 func (c *Controller) abandon(ctx context.Context, d desired, inserted map[string]bool) {
 	c.log.Info("order abandoned: no Ingress asks for the certificate any more", "secret", d.namespace+"/"+d.secret)
 	for name := range inserted {
-		err := c.editIngress(ctx, d.namespace, name, func(ing *networkingv1.Ingress) (bool, error) {
+		// Read afresh: an insert interrupted in flight may have landed unseen.
+		_, err := c.editIngress(ctx, d.namespace, name, true, func(ing *networkingv1.Ingress) (bool, error) {
 			return removePaths(ing, d.secret, c.cfg.Solver.Name()), nil
 		})
 		if err == nil {
@@ -300,7 +323,10 @@ func (c *Controller) finish(ctx context.Context, d desired, inserted map[string]
 		if !inserted[ing.Name] && !(withTLS && ensureTLS(ing.DeepCopy(), d.secret, spec)) {
 			continue
 		}
-		err := c.editIngress(ctx, d.namespace, ing.Name, func(i *networkingv1.Ingress) (bool, error) {
+		// After an interrupted insert (shutdown, API error) the paths may be in
+		// without the cache knowing yet: read afresh then.
+		fresh := inserted[ing.Name] && !journals(c.cached(d.namespace, ing.Name), d.secret)
+		_, err := c.editIngress(ctx, d.namespace, ing.Name, fresh, func(i *networkingv1.Ingress) (bool, error) {
 			changed := removePaths(i, d.secret, c.cfg.Solver.Name())
 			if withTLS && optedIn(i) && ensureTLS(i, d.secret, spec) {
 				changed = true
@@ -368,33 +394,75 @@ func hasPaths(ing *networkingv1.Ingress, entries []Entry) bool {
 // editIngress applies edit to a copy of the Ingress and updates it, with the
 // resourceVersion it was read at; on a conflict it reads the Ingress afresh from
 // the API server and applies edit again, so a concurrent change is never lost.
-// It never creates an Ingress: errIngressGone when it no longer exists.
-func (c *Controller) editIngress(ctx context.Context, namespace, name string, edit func(*networkingv1.Ingress) (bool, error)) error {
+// It reads the cache first, or the API server when fresh is set (when the cache
+// may not have our own last write yet). It never creates an Ingress:
+// errIngressGone when it no longer exists. It returns whether it wrote.
+func (c *Controller) editIngress(ctx context.Context, namespace, name string, fresh bool, edit func(*networkingv1.Ingress) (bool, error)) (bool, error) {
 	api := c.cfg.Client.NetworkingV1().Ingresses(namespace)
-	ing, err := c.ingresses.Ingresses(namespace).Get(name)
+	var ing *networkingv1.Ingress
+	var err error
+	if fresh {
+		ing, err = api.Get(ctx, name, metav1.GetOptions{})
+	} else {
+		ing, err = c.ingresses.Ingresses(namespace).Get(name)
+	}
 	for attempt := 1; ; attempt++ {
 		if apierrors.IsNotFound(err) {
-			return errIngressGone
+			return false, errIngressGone
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		next := ing.DeepCopy()
 		changed, err := edit(next)
 		if err != nil || !changed {
-			return err
+			return false, err
 		}
-		_, err = api.Update(ctx, next, metav1.UpdateOptions{})
+		updated, err := api.Update(ctx, next, metav1.UpdateOptions{})
 		switch {
 		case err == nil:
-			return nil
+			c.awaitCache(namespace, name, ing.ResourceVersion, updated.ResourceVersion)
+			return true, nil
 		case apierrors.IsNotFound(err):
-			return errIngressGone
+			return false, errIngressGone
 		case !apierrors.IsConflict(err) || attempt >= 10:
-			return err
+			return false, err
 		}
 		ing, err = api.Get(ctx, name, metav1.GetOptions{})
 	}
+}
+
+// awaitCache waits, for at most a second, until the Ingress cache holds version
+// written of namespace/name or a later one (anything but old), so that the next
+// sync reads our write and not what it replaced (which would look like leftover
+// challenge paths and cost a conflict).
+func (c *Controller) awaitCache(namespace, name, old, written string) {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		ing, err := c.ingresses.Ingresses(namespace).Get(name)
+		if err != nil || ing.ResourceVersion == written || ing.ResourceVersion != old {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// cached returns the cached Ingress, nil if there is none.
+func (c *Controller) cached(namespace, name string) *networkingv1.Ingress {
+	ing, err := c.ingresses.Ingresses(namespace).Get(name)
+	if err != nil {
+		return nil
+	}
+	return ing
+}
+
+// journals reports whether ing journals challenge paths of secret.
+func journals(ing *networkingv1.Ingress, secret string) bool {
+	if ing == nil {
+		return false
+	}
+	entries, err := readJournal(ing)
+	return err != nil || slices.ContainsFunc(entries, func(e Entry) bool { return e.Secret == secret })
 }
 
 // indexed lists the Ingresses under key in index.

@@ -124,6 +124,7 @@ func (f *fakeChallenges) Remove(token string) {
 type fakeSolver struct{}
 
 func (fakeSolver) Ensure(context.Context, string) error { return nil }
+func (fakeSolver) Forget(string)                        {}
 func (fakeSolver) Name() string                         { return "ingress-acme-solver" }
 
 type fakeSelfCheck struct{ err error }

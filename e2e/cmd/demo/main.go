@@ -49,10 +49,11 @@ func main() {
 
 	d := &demo{start: time.Now()}
 	err := d.run(ctx, *exit)
+	if err != nil && ctx.Err() != nil {
+		fmt.Fprintf(os.Stderr, "demo: interrupted (%v)\n", err)
+		os.Exit(130)
+	}
 	if err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("interrupted (%w)", err)
-		}
 		fmt.Fprintf(os.Stderr, "demo: FAILED: %v\n", err)
 		os.Exit(1)
 	}
@@ -127,9 +128,10 @@ func (d *demo) run(ctx context.Context, exit bool) error {
 	}
 	defer func() {
 		d.say("stopping the controller (pid %d)", ctl.Pid())
+		t0 := time.Now()
 		if code := ctl.Stop(); code != 0 {
-			d.say("controller exited with code %d; last lines of its log:", code)
-			d.detail(ctl.LogTail(20))
+			d.say("controller exited with code %d after %.1fs; its last log line:", code, time.Since(t0).Seconds())
+			d.detail(ctl.LogTail(1))
 		}
 	}()
 	d.say("controller ready in %.2fs (pid %d, log %s)", time.Since(t0).Seconds(), ctl.Pid(), filepath.Join(dir, "run-1.log"))
@@ -210,6 +212,7 @@ func (d *demo) run(ctx context.Context, exit bool) error {
 	}
 	// 6. Leave it running.
 	d.say("step 6/6: testbed is up; KUBECONFIG=%s kubectl get ingress,secret -n %s ... ; Ctrl-C to stop", tb.AdminKubeconfig, ns)
+	d.detail("kubectl " + tb.Tools.Kubectl + " matches the API server's version")
 	d.detail(fmt.Sprintf("try: curl --resolve %s:%s:127.0.0.1 --cacert <(curl -sk %s/roots/0) %s",
 		hosts[0], portOf(tb.IngressHTTPS), tb.PebbleManagement, "https://"+hosts[0]+":"+portOf(tb.IngressHTTPS)+"/"))
 	d.detail("controller log: " + filepath.Join(dir, "run-1.log"))

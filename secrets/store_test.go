@@ -1,0 +1,428 @@
+package secrets
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// writes returns the verbs of the actions on client that change something.
+func writes(client *fake.Clientset) []string {
+	var verbs []string
+	for _, a := range client.Actions() {
+		switch a.GetVerb() {
+		case "get", "list", "watch":
+			continue
+		}
+		verbs = append(verbs, a.GetVerb()+" "+a.GetResource().Resource)
+	}
+	return verbs
+}
+
+func built(t *testing.T, hosts ...string) *corev1.Secret {
+	t.Helper()
+	now := time.Now()
+	tc := newTestCert(t, ECDSAP256, hosts, now, now.Add(24*time.Hour))
+	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sec
+}
+
+func foreignSecret() *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-tls", Labels: map[string]string{"owner": "someone"}},
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{corev1.TLSCertKey: []byte("theirs"), corev1.TLSPrivateKeyKey: []byte("theirs")},
+	}
+}
+
+func ownedSecret() *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:   "ns",
+			Name:        "web-tls",
+			Labels:      map[string]string{LabelManagedBy: ManagedBy, "team": "web"},
+			Annotations: map[string]string{"note": "keep me", AnnotationHosts: "old.example.com"},
+		},
+		Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: []byte("old"), corev1.TLSPrivateKeyKey: []byte("old")},
+	}
+}
+
+func TestStoreGet(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset(ownedSecret())
+	s := NewStore(client)
+
+	got, err := s.Get(ctx, "ns", "web-tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == nil || got.Name != "web-tls" {
+		t.Errorf("got %v, want the Secret", got)
+	}
+	got, err = s.Get(ctx, "ns", "missing")
+	if err != nil || got != nil {
+		t.Errorf("got %v, %v, want nil, nil for a missing Secret", got, err)
+	}
+
+	client.PrependReactor("get", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "web-tls", errors.New("no"))
+	})
+	if got, err := s.Get(ctx, "ns", "web-tls"); err == nil || !apierrors.IsForbidden(err) {
+		t.Errorf("got %v, %v, want a wrapped Forbidden error", got, err)
+	}
+}
+
+func TestStorePut(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name       string
+		existing   *corev1.Secret // in the API server
+		current    func() *corev1.Secret
+		wantErr    error
+		wantWrites []string
+		wantOurs   bool // the stored Secret is desired's content
+		wantKept   map[string]string
+	}{
+		{
+			name:       "create when none exists",
+			current:    func() *corev1.Secret { return nil },
+			wantWrites: []string{"create secrets"},
+			wantOurs:   true,
+		},
+		{
+			name:       "update an owned current, keeping other labels and annotations",
+			existing:   ownedSecret(),
+			current:    ownedSecret,
+			wantWrites: []string{"update secrets"},
+			wantOurs:   true,
+			wantKept:   map[string]string{"team": "web", "note": "keep me"},
+		},
+		{
+			name:       "refuse a current that is not ours",
+			existing:   foreignSecret(),
+			current:    foreignSecret,
+			wantErr:    ErrNotOwned,
+			wantWrites: nil,
+		},
+		{
+			name:       "refuse a foreign Secret that appeared since the read",
+			existing:   foreignSecret(),
+			current:    func() *corev1.Secret { return nil },
+			wantErr:    ErrNotOwned,
+			wantWrites: []string{"create secrets"}, // the attempt, which fails
+		},
+		{
+			name:       "update an owned Secret that appeared since the read",
+			existing:   ownedSecret(),
+			current:    func() *corev1.Secret { return nil },
+			wantWrites: []string{"create secrets", "update secrets"},
+			wantOurs:   true,
+			wantKept:   map[string]string{"team": "web", "note": "keep me"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var objs []runtime.Object
+			if tt.existing != nil {
+				objs = append(objs, tt.existing)
+			}
+			client := fake.NewClientset(objs...)
+			current := tt.current()
+			if current != nil {
+				// current as read from the API server, with its resourceVersion
+				var err error
+				if current, err = client.CoreV1().Secrets("ns").Get(ctx, "web-tls", metav1.GetOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				client.ClearActions()
+			}
+			desired := built(t, "new.example.com")
+
+			err := NewStore(client).Put(ctx, current, desired)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("got err %v, want %v", err, tt.wantErr)
+			}
+			if got := writes(client); strings.Join(got, ",") != strings.Join(tt.wantWrites, ",") {
+				t.Errorf("got writes %v, want %v", got, tt.wantWrites)
+			}
+			stored, err := client.CoreV1().Secrets("ns").Get(ctx, "web-tls", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.wantOurs {
+				if !bytes.Equal(stored.Data[corev1.TLSCertKey], []byte("theirs")) || Owned(stored) {
+					t.Errorf("got the foreign Secret changed to %v, want it untouched", stored)
+				}
+				return
+			}
+			if !Owned(stored) {
+				t.Errorf("got labels %v, want ours", stored.Labels)
+			}
+			if stored.Type != corev1.SecretTypeTLS {
+				t.Errorf("got type %q, want %q", stored.Type, corev1.SecretTypeTLS)
+			}
+			for _, k := range []string{corev1.TLSCertKey, corev1.TLSPrivateKeyKey} {
+				if !bytes.Equal(stored.Data[k], desired.Data[k]) {
+					t.Errorf("%s: got %q, want desired's", k, stored.Data[k])
+				}
+			}
+			if got := stored.Annotations[AnnotationHosts]; got != "new.example.com" {
+				t.Errorf("got hosts annotation %q, want %q", got, "new.example.com")
+			}
+			for k, want := range tt.wantKept {
+				got, ok := stored.Labels[k]
+				if !ok {
+					got = stored.Annotations[k]
+				}
+				if got != want {
+					t.Errorf("%s: got %q, want %q kept", k, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestStorePutConflict(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset(ownedSecret())
+	client.PrependReactor("update", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewConflict(schema.GroupResource{Resource: "secrets"}, "web-tls", errors.New("modified"))
+	})
+	current, err := client.CoreV1().Secrets("ns").Get(ctx, "web-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = NewStore(client).Put(ctx, current, built(t, "a.example.com"))
+	if !apierrors.IsConflict(err) {
+		t.Errorf("got %v, want a Conflict error the caller can detect", err)
+	}
+}
+
+func TestStorePutDoesNotModifyCurrent(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset(ownedSecret())
+	current, err := client.CoreV1().Secrets("ns").Get(ctx, "web-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := current.DeepCopy()
+	if err := NewStore(client).Put(ctx, current, built(t, "a.example.com")); err != nil {
+		t.Fatal(err)
+	}
+	if string(current.Data[corev1.TLSCertKey]) != string(before.Data[corev1.TLSCertKey]) || len(current.Annotations) != len(before.Annotations) {
+		t.Errorf("got current changed to %v, want it untouched (it may be a lister's object)", current)
+	}
+}
+
+func TestStoreWriteReadNewKey(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset()
+	s := NewStore(client)
+
+	key, err := s.NewKey("ECDSA-P384")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keyTypeOf(key.Public()); got != ECDSAP384 {
+		t.Errorf("got key type %q, want %q", got, ECDSAP384)
+	}
+	if k, err := s.NewKey("rsa-512"); err == nil {
+		t.Errorf("got key %T, want an error", k)
+	}
+
+	now := time.Now()
+	tc := newTestCert(t, ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
+	if err := s.Write(ctx, nil, "ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir"); err != nil {
+		t.Fatal(err)
+	}
+	sec, err := s.Get(ctx, "ns", "web-tls")
+	if err != nil || sec == nil {
+		t.Fatalf("got %v, %v, want the written Secret", sec, err)
+	}
+	leaf, kt, dir, err := s.Read(sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !leaf.Equal(tc.leaf) || kt != string(ECDSAP256) || dir != "https://ca.example/dir" {
+		t.Errorf("got %v %q %q, want the written certificate, ecdsa-p256, the directory", leaf.DNSNames, kt, dir)
+	}
+
+	if err := s.Write(ctx, nil, "ns", "other-tls", tc.chainPEM, key, ""); err == nil {
+		t.Errorf("got no error writing a chain with the wrong key, want one")
+	}
+	if sec, _ := s.Get(ctx, "ns", "other-tls"); sec != nil {
+		t.Errorf("got Secret %v written despite the error, want none", sec.Name)
+	}
+	if _, _, _, err := s.Read(&corev1.Secret{}); err == nil {
+		t.Errorf("got no error reading an empty Secret, want one")
+	}
+}
+
+func TestAccountSecretName(t *testing.T) {
+	a := AccountSecretName("https://acme-v02.api.letsencrypt.org/directory")
+	b := AccountSecretName("https://acme-staging-v02.api.letsencrypt.org/directory")
+	if a == b {
+		t.Errorf("got the same name %q for two directories, want different", a)
+	}
+	if a != AccountSecretName("https://acme-v02.api.letsencrypt.org/directory") {
+		t.Errorf("got a different name for the same directory, want a stable one")
+	}
+	if !strings.HasPrefix(a, "ingress-acme-account-") || len(a) != len("ingress-acme-account-")+10 {
+		t.Errorf("got %q, want ingress-acme-account-<10 hex>", a)
+	}
+}
+
+func TestAccountKeysLoadOrCreate(t *testing.T) {
+	ctx := context.Background()
+	const dirA, dirB = "https://a.example/dir", "https://b.example/dir"
+	client := fake.NewClientset()
+	ak := NewAccountKeys(client, "ingress-acme")
+	calls := 0
+	gen := func(v string) func() ([]byte, error) {
+		return func() ([]byte, error) { calls++; return []byte(v), nil }
+	}
+
+	key, created, err := ak.LoadOrCreate(ctx, dirA, gen("key-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(key) != "key-a" || !created || calls != 1 {
+		t.Errorf("got %q, created %v, %d generate calls, want key-a, true, 1", key, created, calls)
+	}
+	sec, err := client.CoreV1().Secrets("ingress-acme").Get(ctx, AccountSecretName(dirA), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("got %v, want the account Secret stored", err)
+	}
+	if !Owned(sec) || sec.Annotations[AnnotationDirectory] != dirA {
+		t.Errorf("got labels %v annotations %v, want ours and the directory", sec.Labels, sec.Annotations)
+	}
+
+	key, created, err = ak.LoadOrCreate(ctx, dirA, gen("key-a2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(key) != "key-a" || created || calls != 1 {
+		t.Errorf("got %q, created %v, %d generate calls, want the stored key-a, false, 1", key, created, calls)
+	}
+
+	key, created, err = ak.LoadOrCreate(ctx, dirB, gen("key-b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(key) != "key-b" || !created {
+		t.Errorf("got %q, created %v, want a new key-b for another directory", key, created)
+	}
+	list, err := client.CoreV1().Secrets("ingress-acme").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 2 {
+		t.Errorf("got %d account Secrets, want 2 (one per directory)", len(list.Items))
+	}
+}
+
+func TestAccountKeysLoadOrCreateRace(t *testing.T) {
+	ctx := context.Background()
+	const dir = "https://a.example/dir"
+	theirs := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:   "ingress-acme",
+			Name:        AccountSecretName(dir),
+			Labels:      map[string]string{LabelManagedBy: ManagedBy},
+			Annotations: map[string]string{AnnotationDirectory: dir},
+		},
+		Data: map[string][]byte{"key.pem": []byte("their-key")},
+	}
+	client := fake.NewClientset(theirs)
+	// The first read misses it, as if the other replica created it just after.
+	gets := 0
+	client.PrependReactor("get", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
+		gets++
+		if gets == 1 {
+			return true, nil, apierrors.NewNotFound(schema.GroupResource{Resource: "secrets"}, theirs.Name)
+		}
+		return false, nil, nil
+	})
+	key, created, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { return []byte("my-key"), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(key) != "their-key" || created {
+		t.Errorf("got %q, created %v, want their-key, false", key, created)
+	}
+}
+
+func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
+	ctx := context.Background()
+	const dir = "https://a.example/dir"
+	t.Run("secret for another directory", func(t *testing.T) {
+		client := fake.NewClientset(&corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace:   "ingress-acme",
+				Name:        AccountSecretName(dir),
+				Annotations: map[string]string{AnnotationDirectory: "https://other.example/dir"},
+			},
+			Data: map[string][]byte{"key.pem": []byte("k")},
+		})
+		called := false
+		key, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { called = true; return []byte("x"), nil })
+		if err == nil {
+			t.Errorf("got key %q, want an error", key)
+		}
+		if called {
+			t.Errorf("got generate called, want the Secret left alone")
+		}
+	})
+	t.Run("empty key", func(t *testing.T) {
+		client := fake.NewClientset(&corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace:   "ingress-acme",
+				Name:        AccountSecretName(dir),
+				Annotations: map[string]string{AnnotationDirectory: dir},
+			},
+		})
+		if key, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { return []byte("x"), nil }); err == nil {
+			t.Errorf("got key %q, want an error", key)
+		}
+	})
+	t.Run("generate fails", func(t *testing.T) {
+		client := fake.NewClientset()
+		boom := errors.New("boom")
+		_, created, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { return nil, boom })
+		if !errors.Is(err, boom) || created {
+			t.Errorf("got %v, created %v, want boom, false", err, created)
+		}
+		if got := writes(client); len(got) != 0 {
+			t.Errorf("got writes %v, want none", got)
+		}
+	})
+	t.Run("read fails", func(t *testing.T) {
+		client := fake.NewClientset()
+		client.PrependReactor("get", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "x", errors.New("no"))
+		})
+		called := false
+		_, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { called = true; return []byte("x"), nil })
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("got %v, want the Forbidden error", err)
+		}
+		if called {
+			t.Errorf("got a key generated after a failed read, want none (it could replace an existing account)")
+		}
+	})
+}

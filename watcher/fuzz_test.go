@@ -1,0 +1,328 @@
+package watcher
+
+import (
+	"encoding/json"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	networkingv1 "k8s.io/api/networking/v1"
+)
+
+// FuzzParseOptions gives parseOptions arbitrary annotation values: it must never
+// panic, and each annotation must either parse to a valid option or be reported
+// as a problem, never silently defaulted.
+func FuzzParseOptions(f *testing.F) {
+	f.Add("ecdsa-p256", "Exact", "shortlived", "true", uint8(15))
+	f.Add(" RSA-4096 ", "prefix", "tlsserver", "TRUE", uint8(15))
+	f.Add("rsa-1024", "Regex", "short lived", "yes", uint8(15))
+	f.Add("", "", "", "", uint8(15))
+	f.Add("", "", "", "", uint8(0))
+	f.Add("ecdsa-p384\x00", "ImplementationSpecific\n", strings.Repeat("p", 65), " false ", uint8(15))
+	f.Add("ЕCDSA-P256", "Implementationſpecific", "prof\u00e9", "ｔｒｕｅ", uint8(15))
+	f.Add(strings.Repeat("é", 30), "\xff\xfe", "a.b-c_d", "\t", uint8(5))
+
+	const (
+		hasKeyType = 1 << iota
+		hasPathType
+		hasProfile
+		hasTLSACME
+	)
+	f.Fuzz(func(t *testing.T, keyType, pathType, profile, tlsACME string, present uint8) {
+		ann := map[string]string{}
+		if present&hasKeyType != 0 {
+			ann[AnnotationKeyType] = keyType
+		}
+		if present&hasPathType != 0 {
+			ann[AnnotationPathType] = pathType
+		}
+		if present&hasProfile != 0 {
+			ann[AnnotationProfile] = profile
+		}
+		if present&hasTLSACME != 0 {
+			ann[AnnotationTLSACME] = tlsACME
+		}
+		ing := &networkingv1.Ingress{}
+		ing.Annotations = ann
+		o, problems := parseOptions(ing)
+
+		// Every option is valid, whatever the input.
+		if !slices.Contains(KeyTypes, o.keyType) {
+			t.Fatalf("got key type %q, want one of %v", o.keyType, KeyTypes)
+		}
+		if !slices.Contains(pathTypes, o.pathType) {
+			t.Fatalf("got path type %q, want one of %v", o.pathType, pathTypes)
+		}
+		if o.profile != "" && !fuzzValidProfile(o.profile) {
+			t.Fatalf("got profile %q, want empty or 1-64 of [A-Za-z0-9._-]", o.profile)
+		}
+		for _, p := range problems {
+			if !utf8.ValidString(p) {
+				t.Fatalf("got problem %q that is not valid UTF-8 (it goes into an Event)", p)
+			}
+			if len(p) > 400 {
+				t.Fatalf("got a %d-byte problem, want the value truncated", len(p))
+			}
+		}
+		reported := func(annotation string) int {
+			n := 0
+			for _, p := range problems {
+				if strings.HasPrefix(p, "annotation "+annotation+":") {
+					n++
+				}
+			}
+			return n
+		}
+
+		// Each annotation: parsed, or reported and left at the default.
+		rejected := 0
+		check := func(annotation string, set bool, value, got, def string) {
+			n := reported(annotation)
+			if n > 1 {
+				t.Fatalf("%s: got %d problems, want at most 1", annotation, n)
+			}
+			switch {
+			case !set:
+				if n != 0 || got != def {
+					t.Fatalf("%s absent: got %q and %d problems, want default %q and none", annotation, got, n, def)
+				}
+			case n == 1:
+				rejected++
+				if got != def {
+					t.Fatalf("%s %q: reported, but got %q, want the default %q", annotation, value, got, def)
+				}
+			default:
+				if !strings.EqualFold(strings.TrimSpace(value), got) {
+					t.Fatalf("%s %q: got %q without a problem, want the value or a problem", annotation, value, got)
+				}
+			}
+		}
+		check(AnnotationKeyType, present&hasKeyType != 0, keyType, o.keyType, KeyTypes[0])
+		check(AnnotationPathType, present&hasPathType != 0, pathType, string(o.pathType), string(networkingv1.PathTypeExact))
+		check(AnnotationProfile, present&hasProfile != 0, profile, o.profile, "")
+
+		// The opt-in annotation, when present: true or false, else reported.
+		v := strings.TrimSpace(tlsACME)
+		wantReported := present&hasTLSACME != 0 && !strings.EqualFold(v, "true") && !strings.EqualFold(v, "false")
+		if n := reported(AnnotationTLSACME); (n == 1) != wantReported || n > 1 {
+			t.Fatalf("%s %q: got %d problems, want reported %v", AnnotationTLSACME, tlsACME, n, wantReported)
+		}
+		if wantReported {
+			rejected++
+		}
+		if len(problems) != rejected {
+			t.Fatalf("got problems %q, want %d", problems, rejected)
+		}
+		if optedIn(ing) && (present&hasTLSACME == 0 || !strings.EqualFold(v, "true")) {
+			t.Fatalf("%s %q: got opted in, want only for true", AnnotationTLSACME, tlsACME)
+		}
+	})
+}
+
+func fuzzValidProfile(p string) bool {
+	if len(p) < 1 || len(p) > 64 {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// fuzzHostOK is the specification validateHost implements: at most 253
+// characters, dot-separated labels of 1 to 63 of [a-z0-9-] that neither start
+// nor end with '-', and not an IP address.
+func fuzzHostOK(host string) bool {
+	if host == "" || len(host) > 253 || net.ParseIP(host) != nil {
+		return false
+	}
+	for _, label := range strings.Split(host, ".") {
+		if len(label) < 1 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// FuzzValidateHost: validateHost never panics, accepts exactly the hosts the
+// specification allows (so never a wildcard, an IP, or more than 253
+// characters), and says what is wrong in valid UTF-8 otherwise.
+func FuzzValidateHost(f *testing.F) {
+	for _, h := range []string{
+		"example.com", "a-b.c1.example.com", "*.example.com", "a*.example.com", "*",
+		"192.0.2.1", "::1", "[::1]", "1.2.3", "Example.com", "-a.example.com", "a-.example.com",
+		"a..example.com", ".", "", "example.com.", "xn--bcher-kva.example", "bücher.example",
+		strings.Repeat("a", 63) + ".com", strings.Repeat("a", 64) + ".com",
+		strings.Repeat("abcdefghi.", 25) + "com", strings.Repeat("abcdefghi.", 25) + "comx",
+		"\xff.example.com", "a\x00b.com", "ﬀ.com",
+	} {
+		f.Add(h)
+	}
+	f.Fuzz(func(t *testing.T, host string) {
+		msg := validateHost(host)
+		if msg == "" {
+			if len(host) > 253 {
+				t.Fatalf("accepted a %d-character host", len(host))
+			}
+			if strings.Contains(host, "*") {
+				t.Fatalf("accepted %q, a wildcard", host)
+			}
+			if !fuzzHostOK(host) {
+				t.Fatalf("accepted %q, which the specification rejects", host)
+			}
+			return
+		}
+		if fuzzHostOK(host) {
+			t.Fatalf("rejected %q (%s), which the specification accepts", host, msg)
+		}
+		if !utf8.ValidString(msg) {
+			t.Fatalf("got message %q, want valid UTF-8 (it goes into an Event)", msg)
+		}
+		if len(msg) > 400 {
+			t.Fatalf("got a %d-byte message, want the host truncated", len(msg))
+		}
+	})
+}
+
+// fuzzJournalIngress is the Ingress FuzzJournal starts from: the user's own
+// routes, including a challenge path of their own to their own Service.
+func fuzzJournalIngress() *networkingv1.Ingress {
+	ing := fxIngress("web", "a.example.com", "b.example.com")
+	ing.Spec.Rules = append(ing.Spec.Rules, fxRule("a.example.com", "/second", ChallengePathPrefix+"users-own"))
+	ing.Spec.Rules = append(ing.Spec.Rules, networkingv1.IngressRule{Host: "c.example.com"})
+	return ing
+}
+
+// userPaths lists the paths not routed to service, by rule host.
+func userPaths(ing *networkingv1.Ingress, service string) []string {
+	var out []string
+	for _, r := range ing.Spec.Rules {
+		if r.HTTP == nil {
+			out = append(out, r.Host+" -")
+			continue
+		}
+		for _, p := range r.HTTP.Paths {
+			if p.Backend.Service == nil || p.Backend.Service.Name != service {
+				out = append(out, r.Host+" "+p.Path)
+			}
+		}
+	}
+	return out
+}
+
+// FuzzJournal inserts and removes challenge paths on an Ingress with an arbitrary
+// journal annotation: nothing may panic; an unparsable journal fails the
+// insertion and leaves the Ingress alone; after removePaths(ing, "", service) no
+// challenge path to our Service is left, none of the user's paths is lost, and a
+// second removal changes nothing.
+func FuzzJournal(f *testing.F) {
+	f.Add("", false, "a.example.com", "tok1", "web-tls", "new.example.com", "tok2")
+	f.Add(`[{"secret":"web-tls","host":"a.example.com","token":"tok1"}]`, true, "a.example.com", "tok1", "web-tls", "b.example.com", "tok2")
+	f.Add(`[{"secret":"other","host":"x.example.com","token":"old"}]`, true, "A.EXAMPLE.COM", "tok1", "web-tls", "a.example.com", "tok1")
+	f.Add(`[]`, true, "c.example.com", "t", "s", "", "t")
+	f.Add(`null`, true, "", "", "", "", "")
+	f.Add(`{"secret":"s"}`, true, "a.example.com", "t", "s", "b.example.com", "u")
+	f.Add(`[{"secret":1}]`, true, "a.example.com", "t", "s", "b.example.com", "u")
+	f.Add(`[{`, true, "a.example.com", "users-own", "s", "b.example.com", "../x")
+	f.Add(`[{"SECRET":"s","Host":"a.example.com","TOKEN":"t"},{}]`, true, "a.example.com", "t", "s", "a.example.com", "")
+
+	f.Fuzz(func(t *testing.T, journal string, hasJournal bool, host1, token1, secret1, host2, token2 string) {
+		for _, s := range []string{journal, host1, token1, secret1, host2, token2} {
+			if !utf8.ValidString(s) {
+				// The journal is JSON, which carries only valid UTF-8; real hosts
+				// are validated and tokens come from the CA's JSON.
+				t.Skip()
+			}
+		}
+		ing := fuzzJournalIngress()
+		if hasJournal {
+			ing.Annotations[JournalAnnotation] = journal
+		}
+		user := userPaths(ing, solverSvc)
+		var prior []Entry
+		priorErr := json.Unmarshal([]byte(journal), &prior)
+		parsable := !hasJournal || priorErr == nil
+
+		entries := []Entry{{Secret: secret1, Host: host1, Token: token1}, {Secret: "other-tls", Host: host2, Token: token2}}
+		before := ing.DeepCopy()
+		changed, err := insertPaths(ing, entries, solverSvc, networkingv1.PathTypeExact)
+		if (err == nil) != parsable {
+			t.Fatalf("journal %q: got err %v, want error %v", journal, err, !parsable)
+		}
+		if err != nil {
+			if changed || fxLayout(ing) != fxLayout(before) || ing.Annotations[JournalAnnotation] != journal {
+				t.Fatalf("got the Ingress changed after an error")
+			}
+		} else {
+			got, err := readJournal(ing)
+			if err != nil {
+				t.Fatalf("got an unparsable journal after insertion: %v", err)
+			}
+			for _, e := range entries {
+				if !slices.Contains(got, e) {
+					t.Fatalf("got journal %v, want it to hold %v", got, e)
+				}
+				// An entry journalled already is taken as inserted already.
+				if !slices.Contains(prior, e) && !hasPath(ing, e.Host, e.Path(), solverSvc) {
+					t.Fatalf("got %s, want %s on a rule for %q", fxLayout(ing), e.Path(), e.Host)
+				}
+			}
+		}
+		if !slices.Equal(userPaths(ing, solverSvc), user) {
+			t.Fatalf("insertion: got user paths %v, want %v", userPaths(ing, solverSvc), user)
+		}
+
+		removePaths(ing, secret1, solverSvc)
+		removePaths(ing, "", solverSvc)
+
+		for _, r := range ing.Spec.Rules {
+			if r.HTTP == nil {
+				continue
+			}
+			if len(r.HTTP.Paths) == 0 {
+				t.Fatalf("got an empty rule for %q left, want it dropped", r.Host)
+			}
+			for _, p := range r.HTTP.Paths {
+				if p.Backend.Service != nil && p.Backend.Service.Name == solverSvc && strings.HasPrefix(p.Path, ChallengePathPrefix) {
+					t.Fatalf("got %s on %q left after removing everything: %s", p.Path, r.Host, fxLayout(ing))
+				}
+			}
+		}
+		if got := userPaths(ing, solverSvc); !slices.Equal(got, user) {
+			t.Fatalf("got user paths %v, want %v", got, user)
+		}
+		if left, err := readJournal(ing); err != nil || len(left) != 0 {
+			t.Fatalf("got journal %v, %v, want empty", left, err)
+		}
+		after := ing.DeepCopy()
+		if removePaths(ing, "", solverSvc) {
+			t.Fatalf("second removal: got changed true, want false")
+		}
+		if fxLayout(ing) != fxLayout(after) {
+			t.Fatalf("second removal: got %s, want %s", fxLayout(ing), fxLayout(after))
+		}
+	})
+}
+
+func hasPath(ing *networkingv1.Ingress, host, path, service string) bool {
+	for _, r := range ing.Spec.Rules {
+		if !strings.EqualFold(r.Host, host) || r.HTTP == nil {
+			continue
+		}
+		for _, p := range r.HTTP.Paths {
+			if p.Path == path && p.Backend.Service != nil && p.Backend.Service.Name == service {
+				return true
+			}
+		}
+	}
+	return false
+}
