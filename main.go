@@ -215,15 +215,18 @@ func ready(ctrl *watcher.Controller, leading *leaderState, electing bool) string
 	return ""
 }
 
-// runLeaderElected runs work while this process holds the Lease; losing it ends
-// the process (a fresh start is the simplest correct way back to a follower).
+// runLeaderElected runs work while this process holds the Lease, and returns
+// only once work has returned (so a stop lets orders clean up). Losing the Lease
+// ends the process: a fresh start is the simplest correct way back to follower.
 func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interface, logger *slog.Logger, leading *leaderState, work func(context.Context) error) error {
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1ObjectMeta(cfg.ControllerNamespace, "ingress-acme"),
 		Client:     client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.LeaderElectionID},
 	}
-	errc := make(chan error, 1)
+	// The elector runs its callback in a goroutine it does not wait for: hand the
+	// leading context over and run work here instead.
+	leadCtx := make(chan context.Context, 1)
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		LeaseDuration:   15 * time.Second,
@@ -232,10 +235,7 @@ func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interfa
 		ReleaseOnCancel: true,
 		Name:            "ingress-acme",
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
-				logger.Info("leading", "identity", cfg.LeaderElectionID)
-				errc <- work(ctx)
-			},
+			OnStartedLeading: func(ctx context.Context) { leadCtx <- ctx },
 			OnStoppedLeading: func() {},
 			OnNewLeader: func(identity string) {
 				leading.set(identity)
@@ -247,16 +247,23 @@ func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interfa
 	if err != nil {
 		return fmt.Errorf("leader election: %w", err)
 	}
-	le.Run(ctx)
+	electorDone := make(chan struct{})
+	go func() {
+		defer close(electorDone)
+		le.Run(ctx)
+	}()
 	select {
-	case err := <-errc:
+	case lctx := <-leadCtx:
+		logger.Info("leading", "identity", cfg.LeaderElectionID)
+		err := work(lctx)
+		<-electorDone
+		if err == nil && ctx.Err() == nil {
+			err = errors.New("lost leadership")
+		}
 		return err
-	default:
+	case <-electorDone:
+		return nil // stopped before leading
 	}
-	if ctx.Err() == nil {
-		return errors.New("lost leadership")
-	}
-	return nil
 }
 
 // issuer adapts acme.Client to watcher.Issuer.
