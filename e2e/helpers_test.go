@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +16,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ingress-acme/ingress-acme/e2e/testbed"
 )
 
 const (
@@ -183,32 +184,7 @@ func verifyChain(chainPEM []byte, hosts ...string) (*x509.Certificate, error) {
 
 // verifyChainWith is verifyChain against roots.
 func verifyChainWith(roots *x509.CertPool, chainPEM []byte, hosts ...string) (*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for rest := chainPEM; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, fmt.Errorf("no certificate in tls.crt")
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	for _, h := range hosts {
-		if _, err := certs[0].Verify(x509.VerifyOptions{DNSName: h, Roots: roots, Intermediates: inter}); err != nil {
-			return nil, fmt.Errorf("verify for %s: %w", h, err)
-		}
-	}
-	return certs[0], nil
+	return testbed.VerifyChainPEM(chainPEM, roots, hosts...)
 }
 
 // servedCertificate GETs https://h/ through Traefik, verifying against Pebble's

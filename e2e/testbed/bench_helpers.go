@@ -2,37 +2,23 @@ package testbed
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ingress-acme/ingress-acme/secrets"
 )
 
 // VerifyChainPEM parses chainPEM (a tls.crt: leaf first, then intermediates)
 // and verifies the leaf against roots (say, from PebbleRootPool) for every
 // host. It returns the leaf.
 func VerifyChainPEM(chainPEM []byte, roots *x509.CertPool, hosts ...string) (*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for rest := chainPEM; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no certificate in tls.crt")
+	certs, err := secrets.DecodeChain(chainPEM)
+	if err != nil {
+		return nil, err
 	}
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
