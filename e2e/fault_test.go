@@ -328,3 +328,38 @@ func TestNoKeyMaterialInLogsOrEvents(t *testing.T) {
 		}
 	}
 }
+
+// A CA that requires External Account Binding refuses the account without it
+// (a Warning with the CA's problem) and issues with it.
+func TestExternalAccountBinding(t *testing.T) {
+	t.Parallel()
+	ns := newNamespace(t)
+	ctx := context.Background()
+	const kid, hmac = "kid-1", "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+	ca, err := bed.ExtraPebbleEAB(ctx, ns, nil, map[string]string{kid: hmac})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ca.Stop)
+	roots, err := ca.RootPool(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startBackend(t, ns, "web")
+	ctl := startController(t, ns, "--acme-directory", ca.Directory)
+	h := host(ns, "eab")
+	createIngress(t, newIngress(ns, "eab", "web", true, h))
+	waitFor(t, 20*time.Second, "a Failed event without EAB", func() (bool, string) {
+		return len(events(t, ns, "eab", "Failed")) > 0, "none"
+	})
+	if msg := events(t, ns, "eab", "Failed")[0].Message; !strings.Contains(msg, "externalAccountRequired") {
+		t.Errorf("failure without EAB: got %q, want the CA's externalAccountRequired problem", msg)
+	}
+	ctl.stop()
+	ctl.Args = append(ctl.Args, "--acme-eab-key-id", kid, "--acme-eab-hmac", hmac)
+	ctl.start()
+	waitCertificateFrom(t, roots, ns, "eab-tls", 60*time.Second, h)
+	if n := ctl.count("acme account ready", "registered", true); n != 1 {
+		t.Errorf("accounts registered: got %d, want 1 (with EAB)", n)
+	}
+}

@@ -282,11 +282,12 @@ providers:
 // pebbleJSON is Pebble's configuration: loopback listeners, challenges sent to
 // Traefik's entrypoints, and the default profile's validity from Options.
 func (tb *Testbed) pebbleJSON() ([]byte, error) {
-	return tb.pebbleJSONFor(tb.pebblePort, tb.pebbleMgmtPort)
+	return tb.pebbleJSONFor(tb.pebblePort, tb.pebbleMgmtPort, nil)
 }
 
-// pebbleJSONFor is pebbleJSON for a Pebble listening on port and mgmtPort.
-func (tb *Testbed) pebbleJSONFor(port, mgmtPort int) ([]byte, error) {
+// pebbleJSONFor is pebbleJSON for a Pebble listening on port and mgmtPort; with
+// eabKeys (key ID -> base64url HMAC key) it requires External Account Binding.
+func (tb *Testbed) pebbleJSONFor(port, mgmtPort int, eabKeys map[string]string) ([]byte, error) {
 	validity := tb.opts.CertValidity
 	if validity == 0 {
 		validity = 90 * 24 * time.Hour
@@ -309,7 +310,8 @@ func (tb *Testbed) pebbleJSONFor(port, mgmtPort int) ([]byte, error) {
 		"httpPort":                       tb.webPort,
 		"tlsPort":                        tb.websecurePort,
 		"ocspResponderURL":               "",
-		"externalAccountBindingRequired": false,
+		"externalAccountBindingRequired": len(eabKeys) > 0,
+		"externalAccountMACKeys":         eabKeys,
 		"domainBlocklist":                []string{"blocked-domain.example"},
 		"retryAfter":                     map[string]int{"authz": 3, "order": 5},
 		"keyAlgorithm":                   "ecdsa",
