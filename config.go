@@ -27,6 +27,7 @@ type Config struct {
 	ACMEDirectory       string
 	ACMEEmail           string
 	ACMECABundle        string
+	ACMEProfile         string
 	EABKeyID            string
 	EABHMAC             string
 	Namespace           string
@@ -68,6 +69,7 @@ func parseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty: the in-cluster service account")
 	fs.StringVar(&c.ACMEDirectory, "acme-directory", acme.LetsEncrypt, "ACME directory URL (Let's Encrypt staging: "+acme.LetsEncryptStaging+")")
 	fs.StringVar(&c.ACMEEmail, "acme-email", "", "contact email for the ACME account (optional; the CA may send expiry notices)")
+	fs.StringVar(&c.ACMEProfile, "acme-profile", "", "certificate profile to order when an Ingress names none (annotation ingress-acme.io/profile), e.g. Let's Encrypt's tlsserver or shortlived; empty: the CA's default")
 	fs.StringVar(&c.ACMECABundle, "acme-ca-bundle", "", "PEM file of extra roots to trust for the ACME directory's TLS (e.g. a test CA's)")
 	fs.StringVar(&c.EABKeyID, "acme-eab-key-id", "", "External Account Binding key identifier, for CAs that require one")
 	fs.StringVar(&c.EABHMAC, "acme-eab-hmac", "", "External Account Binding HMAC key (base64url)")

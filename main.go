@@ -139,6 +139,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Logger:           logger,
 		SecretSelector:   secrets.Selector,
 		Workers:          cfg.Workers,
+		DefaultProfile:   cfg.ACMEProfile,
 		Settle:           cfg.Settle,
 		RenewBefore:      cfg.RenewBefore,
 		MaxOrdersPerHour: cfg.MaxOrdersPerHour,

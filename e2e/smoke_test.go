@@ -275,7 +275,7 @@ func TestAPIServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := bed.HTTPClient("")
-	err = eventually(ctx, 20*time.Millisecond, 30*time.Second, func(ctx context.Context) error {
+	err = eventually(ctx, 20*time.Millisecond, 60*time.Second, func(ctx context.Context) error {
 		_, body, err := getBody(ctx, client, "http://"+host+"/")
 		if err == nil && body != "backend canary" {
 			err = fmt.Errorf("body %q", body)

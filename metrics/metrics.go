@@ -78,6 +78,13 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		Namespace: namespace, Name: "sync_problems_total",
 		Help: "Certificates not ordered because of a problem the user must fix, by reason (InvalidAnnotation, InvalidHost, NoHosts, ConflictingOptions, SecretNotOwned, OrderLimit).",
 	}, []string{"reason"})
+	// Start the outcome counters at 0, so that increase() sees the first one.
+	for _, kind := range []string{"issue", "renew"} {
+		for _, outcome := range []string{"success", "failure"} {
+			m.issuances.WithLabelValues(kind, outcome)
+			m.orderDuration.WithLabelValues(kind, outcome)
+		}
+	}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help:        "Always 1; the labels tell the version and Go version.",

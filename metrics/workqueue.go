@@ -30,7 +30,7 @@ func newWorkqueueProvider(reg prometheus.Registerer) *workqueueProvider {
 		longest: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Subsystem: "workqueue", Name: "longest_running_processor_seconds",
 			Help: "How long the longest-running worker has been at its item."}, name),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: "workqueue", Name: "retries_total",
-			Help: "Items put back in the work queue after a failure."}, name),
+			Help: "Items re-added with a delay (every AddAfter): the settle delay after an Ingress change, scheduled renewal checks, and backoffs after failures."}, name),
 	}
 	reg.MustRegister(p.depth, p.adds, p.latency, p.duration, p.unfinished, p.longest, p.retries)
 	return p

@@ -102,6 +102,9 @@ type Config struct {
 
 	// SecretSelector selects the Secrets we own (label selector syntax).
 	SecretSelector string
+	// DefaultProfile is the CA profile ordered when an Ingress names none; ""
+	// leaves it to the CA.
+	DefaultProfile string
 	Workers        int
 	// RenewBefore is how long before expiry to renew when the CA offers no
 	// renewal information; 0: when a third of the lifetime remains.

@@ -62,6 +62,9 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 		return 0, nil
 	}
 	d, problems := desiredFor(ns, name, ings)
+	if d.options.profile == "" {
+		d.options.profile = c.cfg.DefaultProfile
+	}
 	if len(problems) > 0 {
 		for _, p := range problems {
 			c.log.Warn("certificate not ordered", "ingress", ns+"/"+p.ingress.Name, "secret", key, "reason", p.reason, "problem", p.message)
