@@ -162,7 +162,7 @@ func (b *bench) reportWrites(before, after requestCounts, n int, window time.Dur
 	b.add(fmt.Sprintf("API GETs per issuance (%d at once)", n), fmt.Sprintf("%.2f (%s)", getTotal/float64(n), strings.Join(getParts, ", ")), "", "")
 
 	if !slices.ContainsFunc(b.extra, func(f string) bool { return strings.HasPrefix(f, "--api-") }) {
-		const qps, burst = 50, 100 // the controller's defaults
+		const qps, burst = 100, 200 // the controller's defaults (config.go)
 		reqs := total + getTotal
 		b.note("%.1f API requests per issuance (%.2f writes, %.2f GETs) share the controller's client-side limit (--api-qps %d, --api-burst %d): "+
 			"%d issuances make %.0f requests, %.1f s at that rate after the burst (Events are written asynchronously, some after the last Secret); compare with -controller-flags \"--api-qps 1000 --api-burst 2000\"",
