@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,8 +16,6 @@ import (
 
 	"github.com/ingress-acme/ingress-acme/acme"
 )
-
-type cryptoSigner = crypto.Signer
 
 // Config is every setting of the controller, filled from flags (each with an
 // environment variable fallback, INGRESS_ACME_<FLAG_NAME>) and validated once.

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -270,7 +271,8 @@ func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interfa
 // issuer adapts acme.Client to watcher.Issuer.
 type issuer struct{ *acme.Client }
 
-func (i issuer) Issue(ctx context.Context, hosts []string, key cryptoSigner, replaces *x509.Certificate, profile string, present watcher.PresentFunc) ([]byte, error) {
+// Issue implements watcher.Issuer: the challenges cross over as the same fields.
+func (i issuer) Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present watcher.PresentFunc) ([]byte, error) {
 	return i.Client.Issue(ctx, hosts, key, replaces, profile, func(ctx context.Context, chs []acme.Challenge) error {
 		out := make([]watcher.Challenge, len(chs))
 		for i, c := range chs {
