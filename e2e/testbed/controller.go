@@ -143,6 +143,8 @@ type Controller struct {
 	ChallengeAddr string
 	Dir           string
 
+	spawn func(*exec.Cmd) error // the testbed's: children die with the test binary
+
 	// mu guards cmd, done, runs and lastExit.
 	mu       sync.Mutex
 	cmd      *exec.Cmd
@@ -172,7 +174,7 @@ func (tb *Testbed) NewController(ctx context.Context, opts ControllerOptions) (*
 	if err := freePorts(&metricsPort, &challengePort); err != nil {
 		return nil, err
 	}
-	c := &Controller{Dir: opts.Dir, MetricsAddr: hostPort(metricsPort), ChallengeAddr: hostPort(challengePort)}
+	c := &Controller{Dir: opts.Dir, MetricsAddr: hostPort(metricsPort), ChallengeAddr: hostPort(challengePort), spawn: tb.sp.start}
 	c.Args = append([]string{opts.Binary,
 		"--kubeconfig", kubeconfig,
 		"--acme-directory", tb.PebbleDirectory,
@@ -207,7 +209,7 @@ func (c *Controller) Start() error {
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := c.spawn(cmd); err != nil {
 		c.mu.Unlock()
 		f.Close()
 		return err
