@@ -11,11 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -329,7 +331,7 @@ func (c *Controller) enqueueIngress(old, obj any) {
 	var keys []string
 	if old != nil {
 		o, ok := asIngress(old)
-		if ok && o.ResourceVersion == ing.ResourceVersion {
+		if ok && (o.ResourceVersion == ing.ResourceVersion || sameForUs(o, ing)) {
 			return
 		}
 		if ok {
@@ -342,6 +344,12 @@ func (c *Controller) enqueueIngress(old, obj any) {
 		// settles once, from its first change.
 		c.queue.AddAfter(k, c.cfg.Settle)
 	}
+}
+
+// sameForUs reports whether an update changed nothing sync reads: a status
+// update by the ingress controller, a label, managed fields.
+func sameForUs(a, b *networkingv1.Ingress) bool {
+	return maps.Equal(a.Annotations, b.Annotations) && equality.Semantic.DeepEqual(a.Spec, b.Spec)
 }
 
 func asIngress(obj any) (*networkingv1.Ingress, bool) {

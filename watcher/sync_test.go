@@ -428,3 +428,42 @@ func TestSyncRenewsInsideARIWindow(t *testing.T) {
 }
 
 func labelsEverything() labels.Selector { return labels.Everything() }
+
+func TestEnqueueIngressDropsUpdatesThatChangeNothingForUs(t *testing.T) {
+	f := newFixture(t)
+	old := ingress("shop", optIn, "a.test")
+	tests := []struct {
+		name string
+		edit func(*networkingv1.Ingress)
+		want int
+	}{
+		{"status only", func(i *networkingv1.Ingress) {
+			i.Status.LoadBalancer.Ingress = []networkingv1.IngressLoadBalancerIngress{{IP: "192.0.2.1"}}
+		}, 0},
+		{"label only", func(i *networkingv1.Ingress) { i.Labels = map[string]string{"team": "shop"} }, 0},
+		{"spec", func(i *networkingv1.Ingress) { i.Spec.Rules[0].Host = "b.test" }, 1},
+		{"annotation", func(i *networkingv1.Ingress) { i.Annotations = map[string]string{AnnotationTLSACME: "false"} }, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			next := old.DeepCopy()
+			next.ResourceVersion = "2"
+			tt.edit(next)
+			before := f.c.queue.Len()
+			f.c.cfg.Settle = 0
+			f.c.enqueueIngress(old, next)
+			deadline := time.Now().Add(time.Second)
+			for f.c.queue.Len() == before && tt.want > 0 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			got := f.c.queue.Len() - before
+			for f.c.queue.Len() > 0 {
+				k, _ := f.c.queue.Get()
+				f.c.queue.Done(k)
+			}
+			if got != tt.want {
+				t.Errorf("keys queued: got %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
