@@ -53,25 +53,7 @@ func host(ns, name string) string { return name + "." + ns + ".test" }
 // newIngress is an Ingress in ns routing / of each host to backend, opted in
 // when acme is true.
 func newIngress(ns, name, backend string, acme bool, hosts ...string) *networkingv1.Ingress {
-	prefix := networkingv1.PathTypePrefix
-	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: map[string]string{}}}
-	if acme {
-		ing.Annotations["kubernetes.io/tls-acme"] = "true"
-	}
-	for _, h := range hosts {
-		ing.Spec.Rules = append(ing.Spec.Rules, networkingv1.IngressRule{
-			Host: h,
-			IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
-				Paths: []networkingv1.HTTPIngressPath{{
-					Path: "/", PathType: &prefix,
-					Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
-						Name: backend, Port: networkingv1.ServiceBackendPort{Number: 80},
-					}},
-				}},
-			}},
-		})
-	}
-	return ing
+	return testbed.Ingress(ns, name, backend, acme, hosts...)
 }
 
 func createIngress(t *testing.T, ing *networkingv1.Ingress) *networkingv1.Ingress {

@@ -145,7 +145,7 @@ func (d *demo) run(ctx context.Context, exit bool) error {
 	defer backend.Close()
 	d.say("backend shop listens on %s (Service %s/shop, port 80)", backend.Addr, ns)
 	hosts := []string{"shop." + ns + ".test", "www.shop." + ns + ".test"}
-	ing := sampleIngress(ns, "shop", "shop", hosts)
+	ing := testbed.Ingress(ns, "shop", "shop", true, hosts...)
 	y, err := ingressYAML(ing)
 	if err != nil {
 		return err
@@ -219,34 +219,6 @@ func (d *demo) run(ctx context.Context, exit bool) error {
 	<-ctx.Done()
 	d.say("interrupted: shutting down")
 	return nil
-}
-
-// sampleIngress is the Ingress a user would write: each host's / to
-// backend:80, opted in with the annotation, no spec.tls, no ingress class.
-func sampleIngress(ns, name, backend string, hosts []string) *networkingv1.Ingress {
-	prefix := networkingv1.PathTypePrefix
-	ing := &networkingv1.Ingress{
-		TypeMeta: metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "Ingress"},
-		ObjectMeta: metav1.ObjectMeta{
-			Name:        name,
-			Namespace:   ns,
-			Annotations: map[string]string{"kubernetes.io/tls-acme": "true"},
-		},
-	}
-	for _, h := range hosts {
-		ing.Spec.Rules = append(ing.Spec.Rules, networkingv1.IngressRule{
-			Host: h,
-			IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
-				Paths: []networkingv1.HTTPIngressPath{{
-					Path: "/", PathType: &prefix,
-					Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
-						Name: backend, Port: networkingv1.ServiceBackendPort{Number: 80},
-					}},
-				}},
-			}},
-		})
-	}
-	return ing
 }
 
 // ingressYAML renders ing as YAML without the empty fields a user would not
