@@ -249,6 +249,9 @@ func (c *Client) issue(ctx context.Context, hosts []string, key crypto.Signer, r
 	for i, h := range hosts {
 		ids[i] = acmelib.Identifier{Type: "dns", Value: h}
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // the library takes no context: never start an order when stopping
+	}
 	ext := acmelib.OrderExtension{Profile: profile}
 	if profile != "" {
 		if _, ok := lib.Directory().Meta.Profiles[profile]; !ok {

@@ -249,8 +249,8 @@ func New(cfg Config) (*Controller, error) {
 }
 
 // Run starts the informers, waits for their caches, and runs the workers until
-// ctx ends; then it drains the queue and returns. It returns an error only when
-// the caches cannot sync.
+// ctx ends; then it waits for the orders in flight to clean up and returns. It
+// returns an error only when the caches cannot sync.
 func (c *Controller) Run(ctx context.Context) error {
 	defer utilruntime.HandleCrash()
 	c.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})

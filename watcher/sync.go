@@ -34,6 +34,9 @@ const ariRecheck = 6 * time.Hour
 // says when to look at it again (0: only on change). It is idempotent: whatever
 // state a previous run or process left, running it again converges.
 func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err // stopping: the queue still hands out what it holds
+	}
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil || ns == "" {
 		c.log.Error("invalid work queue key", "key", key)
