@@ -8,11 +8,9 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ingress-acme/ingress-acme/acme"
 )
@@ -184,43 +182,4 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.LogFormat))
 	}
 	return errors.Join(errs...)
-}
-
-// leaderState is who leads, for /readyz. Safe for concurrent use.
-type leaderState struct {
-	// mu guards identity and self.
-	mu       sync.Mutex
-	identity string
-	self     bool
-}
-
-func (l *leaderState) set(identity string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.identity = identity
-	if identity == "self" {
-		l.self = true
-	}
-}
-
-func (l *leaderState) setSelf(self bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.self = self
-}
-
-func (l *leaderState) get() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.identity
-}
-
-func (l *leaderState) isSelf() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.self
-}
-
-func metav1ObjectMeta(namespace, name string) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Namespace: namespace, Name: name}
 }

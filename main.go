@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -198,7 +200,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	g.Go(func() error {
 		if !cfg.LeaderElect {
-			leading.set("self")
+			leading.set(cfg.LeaderElectionID, true)
 			return ctrl.Run(ctx)
 		}
 		return runLeaderElected(ctx, cfg, client, logger, &leading, ctrl.Run)
@@ -208,13 +210,34 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 // ready says why the process is not ready, "" when it is.
 func ready(ctrl *watcher.Controller, leading *leaderState, electing bool) string {
-	if electing && leading.get() == "" {
+	identity, self := leading.get()
+	if electing && identity == "" {
 		return "leader not known"
 	}
-	if leading.isSelf() && !ctrl.Ready() {
+	if self && !ctrl.Ready() {
 		return "caches not synced"
 	}
 	return ""
+}
+
+// leaderState is who leads, for /readyz. Safe for concurrent use.
+type leaderState struct {
+	// mu guards identity and self.
+	mu       sync.Mutex
+	identity string // "" until a leader is known
+	self     bool   // whether it is this process
+}
+
+func (l *leaderState) set(identity string, self bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.identity, l.self = identity, self
+}
+
+func (l *leaderState) get() (identity string, self bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.identity, l.self
 }
 
 // runLeaderElected runs work while this process holds the Lease, and returns
@@ -222,7 +245,7 @@ func ready(ctrl *watcher.Controller, leading *leaderState, electing bool) string
 // ends the process: a fresh start is the simplest correct way back to follower.
 func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interface, logger *slog.Logger, leading *leaderState, work func(context.Context) error) error {
 	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1ObjectMeta(cfg.ControllerNamespace, "ingress-acme"),
+		LeaseMeta:  metav1.ObjectMeta{Namespace: cfg.ControllerNamespace, Name: "ingress-acme"},
 		Client:     client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.LeaderElectionID},
 	}
@@ -240,8 +263,7 @@ func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interfa
 			OnStartedLeading: func(ctx context.Context) { leadCtx <- ctx },
 			OnStoppedLeading: func() {},
 			OnNewLeader: func(identity string) {
-				leading.set(identity)
-				leading.setSelf(identity == cfg.LeaderElectionID)
+				leading.set(identity, identity == cfg.LeaderElectionID)
 				logger.Info("leader", "identity", identity)
 			},
 		},
