@@ -120,20 +120,13 @@ func (p *prober) check(t *testing.T) {
 // old, and returns it.
 func waitRenewed(t *testing.T, ns, name string, old *x509.Certificate, timeout time.Duration, hosts ...string) (*corev1.Secret, *x509.Certificate) {
 	t.Helper()
-	var sec *corev1.Secret
-	var leaf *x509.Certificate
-	waitFor(t, timeout, "renewal of "+name, func() (bool, string) {
-		sec = getSecret(t, ns, name)
-		if sec == nil {
-			return false, "no Secret"
-		}
-		var err error
-		if leaf, err = verifyChain(sec.Data[corev1.TLSCertKey], hosts...); err != nil {
-			return false, err.Error()
-		}
+	roots, err := bed.PebbleRootPool(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return waitLeaf(t, roots, ns, name, "renewal of "+name, timeout, func(leaf *x509.Certificate) (bool, string) {
 		return leaf.SerialNumber.Cmp(old.SerialNumber) != 0, "same serial"
-	})
-	return sec, leaf
+	}, hosts...)
 }
 
 // Every request to the Ingress's normal path succeeds while it opts in, gets its

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
@@ -32,12 +33,13 @@ func waitRestored(t *testing.T, want *networkingv1.Ingress) {
 	assertClean(t, getIngress(t, want.Namespace, want.Name), want.Spec.Rules)
 }
 
-// With a CA that rejects 30% of nonces, every certificate is still issued.
-func TestCANonceRejection(t *testing.T) {
-	t.Parallel()
-	ns := newNamespace(t)
+// startExtraCA starts a second Pebble for the test (named after ns) with env
+// and, if eabKeys is not nil, External Account Binding required; it returns
+// the CA and its root, and stops it when the test ends.
+func startExtraCA(t *testing.T, ns string, env []string, eabKeys map[string]string) (*testbed.ExtraCA, *x509.CertPool) {
+	t.Helper()
 	ctx := context.Background()
-	ca, err := bed.ExtraPebble(ctx, ns, []string{"PEBBLE_WFE_NONCEREJECT=30"})
+	ca, err := bed.ExtraPebble(ctx, ns, env, eabKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,6 +48,14 @@ func TestCANonceRejection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca, roots
+}
+
+// With a CA that rejects 30% of nonces, every certificate is still issued.
+func TestCANonceRejection(t *testing.T) {
+	t.Parallel()
+	ns := newNamespace(t)
+	ca, roots := startExtraCA(t, ns, []string{"PEBBLE_WFE_NONCEREJECT=30"}, nil)
 	startBackend(t, ns, "web")
 	ctl := startController(t, ns, "--acme-directory", ca.Directory)
 	var created []*networkingv1.Ingress
@@ -334,17 +344,8 @@ func TestNoKeyMaterialInLogsOrEvents(t *testing.T) {
 func TestExternalAccountBinding(t *testing.T) {
 	t.Parallel()
 	ns := newNamespace(t)
-	ctx := context.Background()
 	const kid, hmac = "kid-1", "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
-	ca, err := bed.ExtraPebbleEAB(ctx, ns, nil, map[string]string{kid: hmac})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ca.Stop)
-	roots, err := ca.RootPool(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, roots := startExtraCA(t, ns, nil, map[string]string{kid: hmac})
 	startBackend(t, ns, "web")
 	ctl := startController(t, ns, "--acme-directory", ca.Directory)
 	h := host(ns, "eab")

@@ -137,36 +137,30 @@ func waitCertificate(t *testing.T, ns, name string, timeout time.Duration, hosts
 // waitCertificateFrom is waitCertificate verifying against roots.
 func waitCertificateFrom(t *testing.T, roots *x509.CertPool, ns, name string, timeout time.Duration, hosts ...string) (*corev1.Secret, *x509.Certificate) {
 	t.Helper()
+	return waitLeaf(t, roots, ns, name, "certificate in Secret "+name, timeout, nil, hosts...)
+}
+
+// waitLeaf waits until Secret ns/name holds a chain that verifies against
+// roots for every host and whose leaf accept takes (nil: any), and returns both.
+func waitLeaf(t *testing.T, roots *x509.CertPool, ns, name, what string, timeout time.Duration, accept func(*x509.Certificate) (bool, string), hosts ...string) (*corev1.Secret, *x509.Certificate) {
+	t.Helper()
 	var sec *corev1.Secret
 	var leaf *x509.Certificate
-	waitFor(t, timeout, "certificate in Secret "+name, func() (bool, string) {
+	waitFor(t, timeout, what, func() (bool, string) {
 		sec = getSecret(t, ns, name)
 		if sec == nil {
 			return false, "no Secret"
 		}
 		var err error
-		leaf, err = verifyChainWith(roots, sec.Data[corev1.TLSCertKey], hosts...)
-		if err != nil {
+		if leaf, err = testbed.VerifyChainPEM(sec.Data[corev1.TLSCertKey], roots, hosts...); err != nil {
 			return false, err.Error()
 		}
-		return true, ""
+		if accept == nil {
+			return true, ""
+		}
+		return accept(leaf)
 	})
 	return sec, leaf
-}
-
-// verifyChain checks that chainPEM (leaf first) verifies against Pebble's current
-// roots for every host, and returns the leaf.
-func verifyChain(chainPEM []byte, hosts ...string) (*x509.Certificate, error) {
-	roots, err := bed.PebbleRootPool(context.Background())
-	if err != nil {
-		return nil, err
-	}
-	return verifyChainWith(roots, chainPEM, hosts...)
-}
-
-// verifyChainWith is verifyChain against roots.
-func verifyChainWith(roots *x509.CertPool, chainPEM []byte, hosts ...string) (*x509.Certificate, error) {
-	return testbed.VerifyChainPEM(chainPEM, roots, hosts...)
 }
 
 // servedCertificate GETs https://h/ through Traefik, verifying against Pebble's

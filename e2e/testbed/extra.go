@@ -27,15 +27,10 @@ type ExtraCA struct {
 }
 
 // ExtraPebble starts Pebble "pebble-<name>" with env added to
-// PEBBLE_VA_NOSLEEP=1 and waits until it serves. It is stopped by Stop on it,
-// or with the testbed.
-func (tb *Testbed) ExtraPebble(ctx context.Context, name string, env []string) (*ExtraCA, error) {
-	return tb.ExtraPebbleEAB(ctx, name, env, nil)
-}
-
-// ExtraPebbleEAB is ExtraPebble requiring External Account Binding with eabKeys
-// (key ID -> base64url HMAC key).
-func (tb *Testbed) ExtraPebbleEAB(ctx context.Context, name string, env []string, eabKeys map[string]string) (*ExtraCA, error) {
+// PEBBLE_VA_NOSLEEP=1, requiring External Account Binding with eabKeys (key ID
+// -> base64url HMAC key) unless that is empty, and waits until it serves. It is
+// stopped by Stop on it, or with the testbed.
+func (tb *Testbed) ExtraPebble(ctx context.Context, name string, env []string, eabKeys map[string]string) (*ExtraCA, error) {
 	for _, e := range env {
 		if bytes.HasPrefix([]byte(e), []byte("PEBBLE_VA_ALWAYS_VALID")) {
 			return nil, errors.New("testbed: PEBBLE_VA_ALWAYS_VALID is refused: challenges must really be validated")
