@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -136,34 +137,37 @@ func validateHost(host string) string {
 	case host == "":
 		return "empty host"
 	case strings.HasPrefix(host, "*."):
-		return fmt.Sprintf("%q: wildcard hosts need a DNS-01 challenge; HTTP-01 cannot validate them", host)
+		return fmt.Sprintf("%s: wildcard hosts need a DNS-01 challenge; HTTP-01 cannot validate them", quoted(host, 80))
 	case len(host) > 253:
-		return fmt.Sprintf("%q: longer than 253 characters", truncate(host, 40))
+		return fmt.Sprintf("%s: longer than 253 characters", quoted(host, 40))
 	case net.ParseIP(host) != nil:
-		return fmt.Sprintf("%q: IP addresses are not supported", host)
+		return fmt.Sprintf("%s: IP addresses are not supported", quoted(host, 80))
 	}
 	for _, label := range strings.Split(host, ".") {
 		if label == "" || len(label) > 63 {
-			return fmt.Sprintf("%q: each dot-separated label must be 1 to 63 characters", truncate(host, 80))
+			return fmt.Sprintf("%s: each dot-separated label must be 1 to 63 characters", quoted(host, 80))
 		}
 		if label[0] == '-' || label[len(label)-1] == '-' {
-			return fmt.Sprintf("%q: a label may not start or end with '-'", truncate(host, 80))
+			return fmt.Sprintf("%s: a label may not start or end with '-'", quoted(host, 80))
 		}
 		for i := 0; i < len(label); i++ {
 			c := label[i]
 			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-				return fmt.Sprintf("%q: only lowercase letters, digits, '-' and '.' are allowed", truncate(host, 80))
+				return fmt.Sprintf("%s: only lowercase letters, digits, '-' and '.' are allowed", quoted(host, 80))
 			}
 		}
 	}
 	return ""
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+// quoted is s as a Go string literal in ASCII (so any input, even invalid
+// UTF-8, makes a safe Event message), cut to about n characters.
+func quoted(s string, n int) string {
+	q := strconv.QuoteToASCII(s)
+	if len(q) <= n {
+		return q
 	}
-	return s[:n] + "..."
+	return q[:n] + `..."`
 }
 
 // options are an Ingress's choices for its certificates.
@@ -183,7 +187,7 @@ func parseOptions(ing *networkingv1.Ingress) (options, []string) {
 		if slices.Contains(KeyTypes, kt) {
 			o.keyType = kt
 		} else {
-			problems = append(problems, fmt.Sprintf("annotation %s: %q is not one of %s", AnnotationKeyType, truncate(v, 40), strings.Join(KeyTypes, ", ")))
+			problems = append(problems, fmt.Sprintf("annotation %s: %s is not one of %s", AnnotationKeyType, quoted(v, 40), strings.Join(KeyTypes, ", ")))
 		}
 	}
 	if v, ok := ing.Annotations[AnnotationPathType]; ok {
@@ -191,7 +195,7 @@ func parseOptions(ing *networkingv1.Ingress) (options, []string) {
 		if i >= 0 {
 			o.pathType = pathTypes[i]
 		} else {
-			problems = append(problems, fmt.Sprintf("annotation %s: %q is not one of Exact, Prefix, ImplementationSpecific", AnnotationPathType, truncate(v, 40)))
+			problems = append(problems, fmt.Sprintf("annotation %s: %s is not one of Exact, Prefix, ImplementationSpecific", AnnotationPathType, quoted(v, 40)))
 		}
 	}
 	if v, ok := ing.Annotations[AnnotationProfile]; ok {
@@ -199,11 +203,11 @@ func parseOptions(ing *networkingv1.Ingress) (options, []string) {
 		if validProfile(p) {
 			o.profile = p
 		} else {
-			problems = append(problems, fmt.Sprintf("annotation %s: %q is not a profile name (1 to 64 letters, digits, '-', '_' or '.')", AnnotationProfile, truncate(v, 40)))
+			problems = append(problems, fmt.Sprintf("annotation %s: %s is not a profile name (1 to 64 letters, digits, '-', '_' or '.')", AnnotationProfile, quoted(v, 40)))
 		}
 	}
 	if v, ok := ing.Annotations[AnnotationTLSACME]; ok && !strings.EqualFold(strings.TrimSpace(v), "true") && !strings.EqualFold(strings.TrimSpace(v), "false") {
-		problems = append(problems, fmt.Sprintf("annotation %s: %q is neither \"true\" (opt in) nor \"false\"", AnnotationTLSACME, truncate(v, 40)))
+		problems = append(problems, fmt.Sprintf("annotation %s: %s is neither \"true\" (opt in) nor \"false\"", AnnotationTLSACME, quoted(v, 40)))
 	}
 	return o, problems
 }
