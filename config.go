@@ -36,9 +36,11 @@ type Config struct {
 	SelfCheckAddress    string
 	SelfCheckTimeout    time.Duration
 	Workers             int
+	MaxOrdersInFlight   int
 	Settle              time.Duration
 	RenewBefore         time.Duration
 	MaxOrdersPerHour    int
+	ACMELimits          acme.Limits
 	RetryBase           time.Duration
 	RetryMax            time.Duration
 	LeaderElect         bool
@@ -78,9 +80,17 @@ func parseFlags(args []string, getenv func(string) string) (Config, error) {
 	fs.StringVar(&c.SolverService, "solver-service", "ingress-acme-solver", "name of the solver Service and EndpointSlice created in each namespace with challenges")
 	fs.StringVar(&c.SelfCheckAddress, "self-check-address", "", "host:port to send self-checks to (the ingress controller's in-cluster HTTP address, with the Host header set), for clusters without hairpin NAT; empty: the host itself")
 	fs.DurationVar(&c.SelfCheckTimeout, "self-check-timeout", 2*time.Minute, "how long a challenge may take to answer through the ingress")
-	fs.IntVar(&c.Workers, "workers", 16, "certificates processed concurrently")
+	fs.IntVar(&c.Workers, "workers", 16, "certificates synced concurrently (reading, deciding, API writes); orders wait on the ingress and the CA outside them")
+	fs.IntVar(&c.MaxOrdersInFlight, "max-orders-in-flight", 100, "most orders waiting on the ingress or the CA at once; more wait their turn, closest to expiry first, then new ones")
 	fs.DurationVar(&c.Settle, "settle", 200*time.Millisecond, "wait this long after an Ingress change before acting, so Ingresses applied together share one order")
 	fs.DurationVar(&c.RenewBefore, "renew-before", 0, "renew this long before expiry when the CA offers no renewal information (ARI); 0: when a third of the lifetime remains")
+	dl := acme.DefaultLimits()
+	fs.Float64Var(&c.ACMELimits.RequestsPerSecond, "acme-requests-per-second", dl.RequestsPerSecond, "most requests a second to the ACME directory, all kinds together (Let's Encrypt allows 250 to /acme/* per IP)")
+	fs.IntVar(&c.ACMELimits.RequestBurst, "acme-request-burst", dl.RequestBurst, "burst of requests to the ACME directory above --acme-requests-per-second")
+	fs.IntVar(&c.ACMELimits.NewOrdersPer3h, "acme-new-orders-per-3h", dl.NewOrdersPer3h, "most new orders in a burst, refilled evenly over 3 hours (Let's Encrypt allows 300 per account per 3 hours)")
+	fs.IntVar(&c.ACMELimits.NewAccountsPer3h, "acme-new-accounts-per-3h", dl.NewAccountsPer3h, "most new-account requests (lookups and registrations) in a burst, refilled evenly over 3 hours (Let's Encrypt allows 10 registrations per IP per 3 hours)")
+	fs.Float64Var(&c.ACMELimits.RenewalInfoPerSecond, "acme-renewal-info-per-second", dl.RenewalInfoPerSecond, "renewal information (ARI) requests a second, evenly spaced with no burst, so checking many certificates at start is spread out")
+	fs.DurationVar(&c.ACMELimits.MaxWait, "acme-max-wait", dl.MaxWait, "longest a request waits for its turn in these budgets or for the end of the CA's Retry-After; a longer wait fails at once and the certificate backs off until then")
 	fs.IntVar(&c.MaxOrdersPerHour, "max-orders-per-hour", 5, "most orders for one certificate in any hour, to spare the CA's rate limits")
 	fs.DurationVar(&c.RetryBase, "retry-base", 30*time.Second, "first backoff after a failed order; doubles per failure")
 	fs.DurationVar(&c.RetryMax, "retry-max", 6*time.Hour, "longest backoff after failed orders")
@@ -163,8 +173,24 @@ func (c *Config) validate() error {
 	if c.Workers < 1 {
 		errs = append(errs, errors.New("--workers must be at least 1"))
 	}
+	if c.MaxOrdersInFlight < 1 {
+		errs = append(errs, errors.New("--max-orders-in-flight must be at least 1"))
+	}
 	if c.MaxOrdersPerHour < 1 {
 		errs = append(errs, errors.New("--max-orders-per-hour must be at least 1"))
+	}
+	l := c.ACMELimits
+	for flag, ok := range map[string]bool{
+		"--acme-requests-per-second":     l.RequestsPerSecond > 0,
+		"--acme-request-burst":           l.RequestBurst > 0,
+		"--acme-new-orders-per-3h":       l.NewOrdersPer3h > 0,
+		"--acme-new-accounts-per-3h":     l.NewAccountsPer3h > 0,
+		"--acme-renewal-info-per-second": l.RenewalInfoPerSecond > 0,
+		"--acme-max-wait":                l.MaxWait > 0,
+	} {
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s must be positive", flag))
+		}
 	}
 	if c.RetryBase <= 0 || c.RetryMax < c.RetryBase {
 		errs = append(errs, errors.New("--retry-base must be positive and at most --retry-max"))

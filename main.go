@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -35,6 +34,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ingress-acme/ingress-acme/acme"
+	"github.com/ingress-acme/ingress-acme/core"
 	"github.com/ingress-acme/ingress-acme/metrics"
 	"github.com/ingress-acme/ingress-acme/secrets"
 	"github.com/ingress-acme/ingress-acme/solver"
@@ -77,127 +77,40 @@ func newLogger(w *os.File, format string, level slog.Level) *slog.Logger {
 
 // run wires everything and runs until ctx ends or a part fails.
 func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
-	restCfg, err := restConfig(cfg.Kubeconfig)
+	client, err := kubeClient(cfg)
 	if err != nil {
 		return err
 	}
-	restCfg.QPS, restCfg.Burst = cfg.APIQPS, cfg.APIBurst
-	restCfg.UserAgent = "ingress-acme/" + version
-	client, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg, version)
 
-	challengeLn, err := net.Listen("tcp", cfg.ChallengeAddr)
+	challengeLn, metricsLn, err := listen(cfg)
 	if err != nil {
-		return fmt.Errorf("challenge server: %w", err)
-	}
-	metricsLn, err := net.Listen("tcp", cfg.MetricsAddr)
-	if err != nil {
-		challengeLn.Close()
-		return fmt.Errorf("metrics server: %w", err)
+		return err
 	}
 	solverPort := cfg.SolverPort
 	if solverPort == 0 {
 		solverPort = int32(challengeLn.Addr().(*net.TCPAddr).Port)
 	}
-
-	acmeHTTP, err := acmeHTTPClient(cfg.ACMECABundle)
-	if err != nil {
-		return err
-	}
-	var eab *acme.EAB
-	if cfg.EABKeyID != "" {
-		eab = &acme.EAB{KeyID: cfg.EABKeyID, HMAC: cfg.EABHMAC}
-	}
-	acmeClient, err := acme.New(acme.Config{
-		DirectoryURL: cfg.ACMEDirectory,
-		Email:        cfg.ACMEEmail,
-		EAB:          eab,
-		HTTPClient:   acmeHTTP,
-		Keys:         secrets.NewAccountKeys(client, cfg.ControllerNamespace),
-		Logger:       logger,
-		Observe:      m.ACMERequest,
-		Fault:        cfg.fault,
-	})
+	issuer, err := newIssuer(cfg, client, m, logger)
 	if err != nil {
 		return err
 	}
 	challenges := solver.NewServer(m.ChallengeRequest)
-	ctrl, err := watcher.New(watcher.Config{
-		Client:     client,
-		Namespace:  cfg.Namespace,
-		Issuer:     issuer{acmeClient},
-		Secrets:    secrets.NewStore(client),
-		Challenges: challenges,
-		Solver: solver.NewServices(client, cfg.SolverService, solver.Endpoint{
-			Address: cfg.SolverAddress, AddressType: discoveryv1.AddressType(cfg.SolverAddressType), Port: solverPort,
-		}),
-		SelfCheck:        solver.NewSelfCheck(cfg.SelfCheckAddress, cfg.SelfCheckTimeout, m.SelfCheck),
-		Metrics:          m,
-		Logger:           logger,
-		SecretSelector:   secrets.Selector,
-		Workers:          cfg.Workers,
-		DefaultProfile:   cfg.ACMEProfile,
-		Settle:           cfg.Settle,
-		RenewBefore:      cfg.RenewBefore,
-		MaxOrdersPerHour: cfg.MaxOrdersPerHour,
-		RetryBase:        cfg.RetryBase,
-		RetryMax:         cfg.RetryMax,
-		Resync:           10 * time.Hour,
-		Fault:            cfg.fault,
-	})
+	ctrl, err := newController(cfg, client, m, logger, issuer, challenges, solverPort)
 	if err != nil {
 		return err
 	}
-
 	var leading leaderState
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics.Handler(reg))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if problem := ready(ctrl, &leading, cfg.LeaderElect); problem != "" {
-			http.Error(w, problem, http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	servers := []struct {
-		srv *http.Server
-		ln  net.Listener
-	}{
-		{solver.NewHTTPServer(cfg.ChallengeAddr, challenges), challengeLn},
-		{&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}, metricsLn},
-	}
 	logger.Info("starting", "version", version, "directory", cfg.ACMEDirectory, "namespace", cfg.Namespace,
 		"challenge_addr", challengeLn.Addr().String(), "metrics_addr", metricsLn.Addr().String(),
 		"solver_endpoint", net.JoinHostPort(cfg.SolverAddress, strconv.Itoa(int(solverPort))))
 
 	g, ctx := errgroup.WithContext(ctx)
-	for _, s := range servers {
-		g.Go(func() error {
-			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-		g.Go(func() error {
-			<-ctx.Done()
-			// Connections that never sent a request (an ingress controller's
-			// pre-opened ones) hold Shutdown for 5 s: give in-flight requests a
-			// moment, then close the rest; that is a normal stop, not an error.
-			shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if err := s.srv.Shutdown(shutdownCtx); err != nil {
-				return s.srv.Close()
-			}
-			return nil
-		})
-	}
+	serve(ctx, g, solver.NewHTTPServer(cfg.ChallengeAddr, challenges), challengeLn)
+	serve(ctx, g, &http.Server{Handler: opsHandler(reg, ctrl, &leading, cfg.LeaderElect), ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}, metricsLn)
 	g.Go(func() error {
 		if !cfg.LeaderElect {
 			leading.set(cfg.LeaderElectionID, true)
@@ -206,6 +119,123 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return runLeaderElected(ctx, cfg, client, logger, &leading, ctrl.Run)
 	})
 	return g.Wait()
+}
+
+// kubeClient is the Kubernetes client, from --kubeconfig or in-cluster.
+func kubeClient(cfg Config) (kubernetes.Interface, error) {
+	restCfg, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	restCfg.QPS, restCfg.Burst = cfg.APIQPS, cfg.APIBurst
+	restCfg.UserAgent = "ingress-acme/" + version
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
+}
+
+// listen opens the challenge server's and the metrics server's listeners.
+func listen(cfg Config) (challenge, ops net.Listener, err error) {
+	challenge, err = net.Listen("tcp", cfg.ChallengeAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("challenge server: %w", err)
+	}
+	ops, err = net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		challenge.Close()
+		return nil, nil, fmt.Errorf("metrics server: %w", err)
+	}
+	return challenge, ops, nil
+}
+
+// newIssuer is the ACME client for --acme-directory.
+func newIssuer(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logger *slog.Logger) (*acme.Client, error) {
+	acmeHTTP, err := acmeHTTPClient(cfg.ACMECABundle)
+	if err != nil {
+		return nil, err
+	}
+	var eab *acme.EAB
+	if cfg.EABKeyID != "" {
+		eab = &acme.EAB{KeyID: cfg.EABKeyID, HMAC: cfg.EABHMAC}
+	}
+	return acme.New(acme.Config{
+		DirectoryURL: cfg.ACMEDirectory,
+		Email:        cfg.ACMEEmail,
+		EAB:          eab,
+		HTTPClient:   acmeHTTP,
+		Keys:         secrets.NewAccountKeys(client, cfg.ControllerNamespace),
+		Logger:       logger,
+		Observe:      m.ACMERequest,
+		Limits:       cfg.ACMELimits,
+		Fault:        cfg.fault,
+	})
+}
+
+// newController wires the controller to its concrete parts.
+func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logger *slog.Logger, issuer watcher.Issuer, challenges *solver.Server, solverPort int32) (*watcher.Controller, error) {
+	return watcher.New(watcher.Config{
+		Client:     client,
+		Namespace:  cfg.Namespace,
+		Issuer:     issuer,
+		Secrets:    secrets.NewStore(client),
+		Challenges: challenges,
+		Solver: solver.NewServices(client, cfg.SolverService, solver.Endpoint{
+			Address: cfg.SolverAddress, AddressType: discoveryv1.AddressType(cfg.SolverAddressType), Port: solverPort,
+		}),
+		SelfCheck:         solver.NewSelfCheck(cfg.SelfCheckAddress, cfg.SelfCheckTimeout, m.SelfCheck),
+		Metrics:           m,
+		Logger:            logger,
+		SecretSelector:    core.Selector,
+		Workers:           cfg.Workers,
+		MaxOrdersInFlight: cfg.MaxOrdersInFlight,
+		DefaultProfile:    cfg.ACMEProfile,
+		Settle:            cfg.Settle,
+		RenewBefore:       cfg.RenewBefore,
+		MaxOrdersPerHour:  cfg.MaxOrdersPerHour,
+		RetryBase:         cfg.RetryBase,
+		RetryMax:          cfg.RetryMax,
+		Resync:            10 * time.Hour,
+		Fault:             cfg.fault,
+	})
+}
+
+// opsHandler serves /metrics, /healthz and /readyz.
+func opsHandler(reg *prometheus.Registry, ctrl *watcher.Controller, leading *leaderState, electing bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics.Handler(reg))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if problem := ready(ctrl, leading, electing); problem != "" {
+			http.Error(w, problem, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// serve runs srv on ln in g until ctx ends, then shuts it down.
+func serve(ctx context.Context, g *errgroup.Group, srv *http.Server, ln net.Listener) {
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		// Connections that never sent a request (an ingress controller's
+		// pre-opened ones) hold Shutdown for 5 s: give in-flight requests a
+		// moment, then close the rest; that is a normal stop, not an error.
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(shutdownCtx); err != nil {
+			return srv.Close()
+		}
+		return nil
+	})
 }
 
 // ready says why the process is not ready, "" when it is.
@@ -288,20 +318,6 @@ func runLeaderElected(ctx context.Context, cfg Config, client kubernetes.Interfa
 	case <-electorDone:
 		return nil // stopped before leading
 	}
-}
-
-// issuer adapts acme.Client to watcher.Issuer.
-type issuer struct{ *acme.Client }
-
-// Issue implements watcher.Issuer: the challenges cross over as the same fields.
-func (i issuer) Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present watcher.PresentFunc) ([]byte, error) {
-	return i.Client.Issue(ctx, hosts, key, replaces, profile, func(ctx context.Context, chs []acme.Challenge) error {
-		out := make([]watcher.Challenge, len(chs))
-		for i, c := range chs {
-			out[i] = watcher.Challenge(c)
-		}
-		return present(ctx, out)
-	})
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

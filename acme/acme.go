@@ -1,18 +1,18 @@
 // Package acme gets certificates from an RFC 8555 CA with HTTP-01 challenges,
-// over github.com/eggsampler/acme/v3. It knows nothing of Kubernetes: the account
-// key is kept by an AccountKeys it is given, and challenges are presented by a
-// function it is given.
+// over github.com/eggsampler/acme/v3 (every call to it is in lib.go). It knows
+// nothing of Kubernetes: the account key is kept by an AccountKeys it is given.
 //
-// The library it wraps takes no context and sleeps while it polls, so this
-// package does its own polling (short, growing, bounded intervals, checking ctx
-// between requests) and uses the library only for single requests.
+// A Client takes an order one step at a time (Order, Validate, Finalize), so
+// its caller presents the challenges between steps and can resume an order
+// after a restart. The library takes no context and sleeps while it polls, so
+// this package binds every request to the caller's context, does its own
+// polling (short, growing, bounded intervals) and uses the library only for
+// single requests. Every request to the directory keeps to the Client's Limits.
 package acme
 
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -26,7 +26,7 @@ import (
 	"sync"
 	"time"
 
-	acmelib "github.com/eggsampler/acme/v3"
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // LetsEncrypt and LetsEncryptStaging are the directories of Let's Encrypt.
@@ -36,10 +36,10 @@ const (
 )
 
 // AccountKeys keeps the account key of each directory. LoadOrCreate returns the
-// PEM key stored for directoryURL, storing the result of generate first when
-// there is none; created tells whether it did.
+// key stored for directoryURL, storing the result of generate first when there
+// is none; created tells whether it did. It must be safe for concurrent use.
 type AccountKeys interface {
-	LoadOrCreate(ctx context.Context, directoryURL string, generate func() ([]byte, error)) (keyPEM []byte, created bool, err error)
+	LoadOrCreate(ctx context.Context, directoryURL string, generate func() (crypto.Signer, error)) (key crypto.Signer, created bool, err error)
 }
 
 // EAB is an External Account Binding, for CAs that require one.
@@ -48,44 +48,54 @@ type EAB struct {
 	HMAC  string // base64url, as the CA hands it out
 }
 
-// Config configures a Client.
+// Config configures a Client. Zero durations and limits take their defaults.
 type Config struct {
 	DirectoryURL string
 	Email        string       // contact for the account; optional
 	EAB          *EAB         // nil: none
-	HTTPClient   *http.Client // its transport carries the roots to trust; nil: a default with timeouts
+	HTTPClient   *http.Client // its transport carries the roots to trust, its Timeout is RequestTimeout's default; nil: http.DefaultTransport
 	Keys         AccountKeys
 	Logger       *slog.Logger
 	// Observe, if set, is called after every HTTP request to the CA with the kind
 	// of endpoint ("directory", "new-nonce", "new-account", "new-order", "order",
-	// "authz", "challenge", "finalize", "certificate", "renewal-info", "other"),
-	// the status code (0 when no response came) and how long it took.
+	// "authz", "challenge", "finalize", "certificate", "renewal-info", "account",
+	// "other"), the status code (0 when no response came) and how long it took.
+	// It must be safe for concurrent use.
 	Observe func(endpoint string, code int, took time.Duration)
+	// Limits is the client's budget with the CA; zero fields: DefaultLimits.
+	Limits Limits
+	// RequestTimeout bounds each request, once its turn has come. 0: 30 s.
+	RequestTimeout time.Duration
+	// SetupTimeout bounds each request of the account's setup (the directory,
+	// the account lookup and registration), and three times it the whole
+	// setup, so that a CA that does not answer fails the setup fast. 0: 10 s.
+	SetupTimeout time.Duration
+	// SetupBackoff is how long a failed setup is remembered: callers in that
+	// time get its error at once. 0: 15 s.
+	SetupBackoff time.Duration
 	// PollTimeout bounds each wait for the CA: validation, then issuance. 0: 2 minutes.
 	PollTimeout time.Duration
-	// Fault, if set, is called at FaultValidating and FaultFinalized; tests make
-	// it crash the process there.
+	// Fault, if set, is called at core.FaultValidating and core.FaultFinalized;
+	// tests make it crash the process there.
 	Fault func(point string)
 }
 
-// Points in an order where Config.Fault is called.
-const (
-	FaultValidating = "validating" // the CA has been told to validate
-	FaultFinalized  = "finalized"  // the order is valid, the certificate not yet downloaded
-)
-
 // Client gets certificates from one ACME directory with one account, set up on
-// first use (and again after a failure). It is safe for concurrent use; orders
-// run concurrently.
+// first use (and again after a failure, SetupBackoff later). It is safe for
+// concurrent use; orders run concurrently. Any error after which the CA asked
+// to wait (or for which the client's own budget is spent) is, or wraps, a
+// *core.RetryAfterError.
 type Client struct {
 	cfg       Config
 	log       *slog.Logger
 	transport *transport
 
-	// mu guards lib and account, and serializes their setup.
-	mu      sync.Mutex
-	lib     *acmelib.Client
-	account acmelib.Account
+	// mu guards ready, settingUp, failed and failedUntil.
+	mu          sync.Mutex
+	ready       *lib          // nil until set up
+	settingUp   chan struct{} // closed when the running setup ends; nil when none runs
+	failed      error         // the last setup's error
+	failedUntil time.Time     // until when failed is returned without a new setup
 }
 
 // New returns a Client for cfg. It makes no request: the directory is read and the
@@ -97,310 +107,289 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Keys == nil {
 		return nil, errors.New("acme: no account key store")
 	}
+	cfg = withDefaults(cfg)
+	base := http.DefaultTransport
+	if cfg.HTTPClient != nil && cfg.HTTPClient.Transport != nil {
+		base = cfg.HTTPClient.Transport
+	}
+	t := &transport{base: base, observe: cfg.Observe, directory: cfg.DirectoryURL, timeout: cfg.RequestTimeout}
+	t.setLimits(cfg.Limits)
+	return &Client{cfg: cfg, log: cfg.Logger, transport: t}, nil
+}
+
+func withDefaults(cfg Config) Config {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.PollTimeout <= 0 {
-		cfg.PollTimeout = 2 * time.Minute
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 30 * time.Second
+		if cfg.HTTPClient != nil && cfg.HTTPClient.Timeout > 0 {
+			cfg.RequestTimeout = cfg.HTTPClient.Timeout
+		}
 	}
+	cfg.SetupTimeout = cmp(cfg.SetupTimeout, 10*time.Second)
+	cfg.SetupBackoff = cmp(cfg.SetupBackoff, 15*time.Second)
+	cfg.PollTimeout = cmp(cfg.PollTimeout, 2*time.Minute)
 	if cfg.Fault == nil {
 		cfg.Fault = func(string) {}
 	}
-	hc := &http.Client{Timeout: 30 * time.Second}
-	if cfg.HTTPClient != nil {
-		c := *cfg.HTTPClient
-		hc = &c
+	d, l := DefaultLimits(), &cfg.Limits
+	l.RequestsPerSecond = cmp(l.RequestsPerSecond, d.RequestsPerSecond)
+	l.RequestBurst = cmp(l.RequestBurst, d.RequestBurst)
+	l.NewOrdersPer3h = cmp(l.NewOrdersPer3h, d.NewOrdersPer3h)
+	l.NewAccountsPer3h = cmp(l.NewAccountsPer3h, d.NewAccountsPer3h)
+	l.RenewalInfoPerSecond = cmp(l.RenewalInfoPerSecond, d.RenewalInfoPerSecond)
+	l.MaxWait = cmp(l.MaxWait, d.MaxWait)
+	return cfg
+}
+
+// cmp is v when it is positive, else def.
+func cmp[T int | float64 | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
 	}
-	base := hc.Transport
-	if base == nil {
-		base = http.DefaultTransport
+	return def
+}
+
+// cmpErr is err when it is not nil, else def.
+func cmpErr(err, def error) error {
+	if err != nil {
+		return err
 	}
-	t := &transport{base: base, observe: cfg.Observe, directory: cfg.DirectoryURL}
-	hc.Transport = t
-	cfg.HTTPClient = hc
-	return &Client{cfg: cfg, log: cfg.Logger, transport: t}, nil
+	return def
 }
 
 // DirectoryURL is the directory this client orders from.
 func (c *Client) DirectoryURL() string { return c.cfg.DirectoryURL }
 
-// session returns the library client and the account, setting them up if this is
-// the first use or the last setup failed.
-func (c *Client) session(ctx context.Context) (acmelib.Client, acmelib.Account, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.lib != nil {
-		return *c.lib, c.account, nil
-	}
-	lib, err := acmelib.NewClient(c.cfg.DirectoryURL, acmelib.WithHTTPClient(c.cfg.HTTPClient), acmelib.WithRetryCount(8))
-	if err != nil {
-		return acmelib.Client{}, acmelib.Account{}, fmt.Errorf("acme: read directory %s: %w", c.cfg.DirectoryURL, err)
-	}
-	c.transport.setDirectory(lib.Directory())
-	keyPEM, created, err := c.cfg.Keys.LoadOrCreate(ctx, c.cfg.DirectoryURL, newAccountKey)
-	if err != nil {
-		return acmelib.Client{}, acmelib.Account{}, fmt.Errorf("acme: account key: %w", err)
-	}
-	key, err := decodeAccountKey(keyPEM)
-	if err != nil {
-		return acmelib.Client{}, acmelib.Account{}, err
-	}
-	// Look the account up first: this fills in the thumbprint that key
-	// authorizations need, and registers nothing when it exists.
-	account, err := lib.NewAccountOptions(key, acmelib.NewAcctOptOnlyReturnExisting())
-	registered := false
-	if isProblem(err, "accountDoesNotExist") {
-		opts := []acmelib.NewAccountOptionFunc{acmelib.NewAcctOptAgreeTOS()}
-		if c.cfg.Email != "" {
-			opts = append(opts, acmelib.NewAcctOptWithContacts("mailto:"+c.cfg.Email))
-		}
-		if c.cfg.EAB != nil {
-			opts = append(opts, acmelib.NewAcctOptExternalAccountBinding(acmelib.ExternalAccountBinding{
-				KeyIdentifier: c.cfg.EAB.KeyID,
-				MacKey:        c.cfg.EAB.HMAC,
-				Algorithm:     "HS256",
-				HashFunc:      crypto.SHA256,
-			}))
-		}
-		account, err = lib.NewAccountOptions(key, opts...)
-		registered = true
-	}
-	if err != nil {
-		return acmelib.Client{}, acmelib.Account{}, fmt.Errorf("acme: account: %w", err)
-	}
-	c.log.Info("acme account ready", "directory", c.cfg.DirectoryURL, "account", account.URL,
-		"key_created", created, "registered", registered)
-	c.lib, c.account = &lib, account
-	return lib, account, nil
-}
-
-func newAccountKey() ([]byte, error) {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
-}
-
-func decodeAccountKey(data []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("acme: account key: no PEM block")
-	}
-	if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
-		return k, nil
-	}
-	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
-		return k, nil
-	}
-	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
-		if s, ok := k.(crypto.Signer); ok {
-			return s, nil
-		}
-	}
-	return nil, errors.New("acme: account key: not an EC, RSA or PKCS #8 private key")
-}
-
-// Challenge is an HTTP-01 challenge to present: GET
-// http://Host/.well-known/acme-challenge/Token must answer KeyAuth.
-type Challenge struct {
-	Host    string
-	Token   string
-	KeyAuth string
-}
-
-// Issue orders a certificate for hosts with key, a replacement of replaces when
-// that is not nil and the CA offers renewal information, with the named profile
-// (RFC draft-ietf-acme-profiles) unless profile is "". For the authorizations
-// the CA wants validated it calls present once with every challenge; present must
-// return only when they answer (or with an error, which ends the order). It then
-// asks the CA to validate, finalizes, and returns the PEM chain, leaf first.
-// Errors carry the CA's problem detail; when the CA asked to back off (429/503
-// with Retry-After) the error has a method RetryAfter() time.Time.
-func (c *Client) Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present func(context.Context, []Challenge) error) ([]byte, error) {
+// Order places an order for req.Hosts, or continues req.Resume while the CA can
+// still finish it (pending or ready); otherwise (it is processing, valid,
+// invalid, expired, or unknown) it logs why and places a new one. A new order
+// is a replacement of req.Replaces when that is not nil and the CA offers
+// renewal information; one the CA refuses with a problem is placed again at
+// once without it. The Order's Challenges are those still pending.
+func (c *Client) Order(ctx context.Context, req core.OrderRequest) (core.Order, error) {
 	start := time.Now()
-	chain, err := c.issue(ctx, hosts, key, replaces, profile, present)
-	if isProblem(err, "accountDoesNotExist") {
-		// The CA forgot the account (a test CA restarted, or it was deactivated
-		// elsewhere): set it up afresh on the next call.
-		c.mu.Lock()
-		c.lib = nil
-		c.mu.Unlock()
-	}
+	s, err := c.session(ctx)
 	if err != nil {
-		if at := c.transport.retryAfterSince(start); !at.IsZero() {
-			return nil, &retryAfterError{err: err, at: at}
-		}
-		return nil, err
+		return core.Order{}, err
 	}
-	return chain, nil
+	if req.Resume != "" {
+		if o, ok := c.resume(ctx, s, req); ok {
+			return o, nil
+		}
+	}
+	o, err := c.place(ctx, s, req)
+	return o, c.done(start, err)
 }
 
-func (c *Client) issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present func(context.Context, []Challenge) error) ([]byte, error) {
-	lib, account, err := c.session(ctx)
+// resume returns the order at req.Resume when the CA can still finish it.
+func (c *Client) resume(ctx context.Context, s lib, req core.OrderRequest) (core.Order, bool) {
+	o, err := s.fetchOrder(req.Resume)
+	why := ""
+	switch {
+	case err != nil:
+		why = err.Error()
+	case !sameHosts(o.Hosts, req.Hosts):
+		why = "it is for other hosts"
+	case o.Status != "pending" && o.Status != "ready":
+		why = "it is " + o.Status
+	}
+	var chs []core.Challenge
+	if why == "" && o.Status == "pending" {
+		if chs, err = c.challenges(ctx, s, o); err != nil {
+			why = err.Error()
+		}
+	}
+	if why != "" {
+		c.log.Info("placing a new order instead of resuming", "order", req.Resume, "hosts", req.Hosts, "why", why)
+		return core.Order{}, false
+	}
+	c.log.Info("order resumed", "order", o.URL, "hosts", req.Hosts, "status", o.Status)
+	return core.Order{URL: req.Resume, Hosts: req.Hosts, Challenges: chs, Resumed: true, Replacing: o.Replaces != ""}, true
+}
+
+func sameHosts(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.EqualFunc(a, b, strings.EqualFold)
+}
+
+// place places a new order.
+func (c *Client) place(ctx context.Context, s lib, req core.OrderRequest) (core.Order, error) {
+	if err := ctx.Err(); err != nil {
+		return core.Order{}, err // never start an order when stopping
+	}
+	replacing := req.Replaces != nil && s.offersARI()
+	var replaces *x509.Certificate
+	if replacing {
+		replaces = req.Replaces
+	}
+	o, err := s.newOrder(req.Hosts, replaces, req.Profile)
+	if replacing && isProblem(err, "alreadyReplaced", "conflict", "malformed", "serverInternal") {
+		// The CA will not take this as a replacement (say, it was replaced by an
+		// order that failed): an ordinary order is as good.
+		c.log.Info("placing the order again without replaces", "hosts", req.Hosts, "err", err)
+		replacing = false
+		o, err = s.newOrder(req.Hosts, nil, req.Profile)
+	}
+	if err != nil {
+		return core.Order{}, fmt.Errorf("new order: %w", err)
+	}
+	c.log.Info("order created", "order", o.URL, "hosts", req.Hosts, "replaces", replacing)
+	chs, err := c.challenges(ctx, s, o)
+	if err != nil {
+		return core.Order{}, err
+	}
+	return core.Order{URL: o.URL, Hosts: req.Hosts, Challenges: chs, Replacing: replacing}, nil
+}
+
+// challenges returns the http-01 challenges of o's pending authorizations.
+func (c *Client) challenges(ctx context.Context, s lib, o order) ([]core.Challenge, error) {
+	var chs []core.Challenge
+	for _, u := range o.Authorizations {
+		a, err := s.fetchAuthz(u)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("fetch authorization: %w", err)
+		case a.Status == "valid":
+			continue
+		case a.Status != "pending":
+			return nil, fmt.Errorf("authorization for %s is %s", a.Host, a.Status)
+		case a.Challenge.Token == "":
+			return nil, fmt.Errorf("the CA offers no http-01 challenge for %s", a.Host)
+		}
+		chs = append(chs, core.Challenge{Host: a.Host, Token: a.Challenge.Token, KeyAuth: a.Challenge.KeyAuth})
+	}
+	return chs, ctx.Err()
+}
+
+// Validate tells the CA that o's challenges answer (one request per pending
+// challenge, none for one already being validated) and waits, polling, until
+// it has validated every authorization of o, for at most PollTimeout. The
+// error of a failed validation carries the CA's problem.
+func (c *Client) Validate(ctx context.Context, o core.Order) error {
+	start := time.Now()
+	s, err := c.session(ctx)
+	if err != nil {
+		return err
+	}
+	return c.done(start, c.validate(ctx, s, o.URL))
+}
+
+func (c *Client) validate(ctx context.Context, s lib, url string) error {
+	o, err := s.fetchOrder(url)
+	if err != nil {
+		return fmt.Errorf("fetch order: %w", err)
+	}
+	for _, u := range o.Authorizations {
+		a, err := s.fetchAuthz(u)
+		if err != nil {
+			return fmt.Errorf("fetch authorization: %w", err)
+		}
+		if a.Status == "pending" && a.Challenge.Status == "pending" {
+			if err := respond(c.transport.bound(ctx, c.cfg.RequestTimeout), s, a.Challenge.URL); err != nil {
+				return fmt.Errorf("validate %s: %w", a.Host, err)
+			}
+		}
+	}
+	c.cfg.Fault(core.FaultValidating)
+	for _, u := range o.Authorizations {
+		if err := c.poll(ctx, func() (bool, error) { return authzDone(s, u) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// authzDone tells whether the authorization at url is no longer being validated.
+func authzDone(s lib, url string) (bool, error) {
+	a, err := s.fetchAuthz(url)
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("fetch authorization: %w", err)
+	case a.Status == "valid":
+		return true, nil
+	case a.Status == "pending" || a.Status == "processing":
+		return false, nil
+	case a.Err != nil:
+		return true, fmt.Errorf("validation of %s failed: %w", a.Host, a.Err)
+	}
+	return true, fmt.Errorf("authorization for %s is %s", a.Host, a.Status)
+}
+
+// Finalize waits until o is ready, sends it a request for o.Hosts signed with
+// key, waits until the certificate is issued (each wait at most PollTimeout),
+// downloads it and returns its PEM chain, leaf first. An order that was
+// finalized before (processing or valid: with a key we may not hold) is an
+// error; Order then places a new one.
+func (c *Client) Finalize(ctx context.Context, o core.Order, key crypto.Signer) ([]byte, error) {
+	start := time.Now()
+	s, err := c.session(ctx)
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]acmelib.Identifier, len(hosts))
-	for i, h := range hosts {
-		ids[i] = acmelib.Identifier{Type: "dns", Value: h}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err // the library takes no context: never start an order when stopping
-	}
-	ext := acmelib.OrderExtension{Profile: profile}
-	if profile != "" {
-		if _, ok := lib.Directory().Meta.Profiles[profile]; !ok {
-			return nil, fmt.Errorf("the CA offers no profile %q (it offers: %s)", profile, profileNames(lib.Directory()))
-		}
-	}
-	var order acmelib.Order
-	if replaces != nil && lib.Directory().RenewalInfo != "" {
-		order, err = lib.ReplacementOrderExtension(account, replaces, ids, ext)
-		if err != nil && isProblem(err, "alreadyReplaced", "conflict", "malformed") {
-			// The CA will not take this as a replacement (say, it was replaced by an
-			// order that failed): an ordinary order is as good.
-			order, err = lib.NewOrderExtension(account, ids, ext)
-		}
-	} else {
-		order, err = lib.NewOrderExtension(account, ids, ext)
+	chain, err := c.finalize(ctx, s, o, key)
+	return chain, c.done(start, err)
+}
+
+func (c *Client) finalize(ctx context.Context, s lib, o core.Order, key crypto.Signer) ([]byte, error) {
+	ord, err := c.waitOrder(ctx, s, o.URL, "pending")
+	if err == nil && ord.Status != "ready" {
+		err = fmt.Errorf("order %s is %s: it was finalized before", o.URL, ord.Status)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("new order: %w", err)
+		return nil, err
 	}
-	c.log.Info("order created", "order", order.URL, "hosts", hosts, "replaces", replaces != nil)
-
-	var challenges []Challenge
-	var accept []acmelib.Challenge
-	var authzs []string
-	for _, u := range order.Authorizations {
-		authz, err := lib.FetchAuthorization(account, u)
-		if err != nil {
-			return nil, fmt.Errorf("fetch authorization: %w", err)
-		}
-		switch authz.Status {
-		case "valid":
-			continue
-		case "pending":
-		default:
-			return nil, fmt.Errorf("authorization for %s is %s", authz.Identifier.Value, authz.Status)
-		}
-		ch, ok := authz.ChallengeMap[acmelib.ChallengeTypeHTTP01]
-		if !ok {
-			return nil, fmt.Errorf("the CA offers no http-01 challenge for %s", authz.Identifier.Value)
-		}
-		challenges = append(challenges, Challenge{Host: authz.Identifier.Value, Token: ch.Token, KeyAuth: ch.KeyAuthorization})
-		accept = append(accept, ch)
-		authzs = append(authzs, u)
+	csr, err := newCSR(o.Hosts, key)
+	if err != nil {
+		return nil, err
 	}
-	if len(challenges) > 0 {
-		if err := present(ctx, challenges); err != nil {
+	if ord, err = s.finalize(ord, csr); err != nil {
+		return nil, fmt.Errorf("finalize: %w", err)
+	}
+	if ord.Status != "valid" {
+		if ord, err = c.waitOrder(ctx, s, o.URL, "processing"); err != nil {
 			return nil, err
 		}
-		// The library would poll each challenge every PollInterval for up to
-		// PollTimeout; with a timeout of 1ns it sends the one request that tells the
-		// CA to validate and returns at once, and we poll the authorizations.
-		once := lib
-		once.PollTimeout = time.Nanosecond
-		for _, ch := range accept {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			// The 1ns timeout is the only error expected when the CA accepted the request.
-			if _, err := once.UpdateChallenge(account, ch); err != nil && err.Error() != "acme: challenge update timeout" {
-				return nil, fmt.Errorf("validate %s: %w", ch.URL, err)
-			}
-		}
-		c.cfg.Fault(FaultValidating)
-		for _, u := range authzs {
-			if err := c.waitAuthorization(ctx, lib, account, u); err != nil {
-				return nil, err
-			}
-		}
 	}
-	return c.finalize(ctx, lib, account, order, hosts, key)
+	if ord.Status != "valid" {
+		return nil, fmt.Errorf("order is %s: %w", ord.Status, cmpErr(ord.Err, errors.New("no problem given")))
+	}
+	c.cfg.Fault(core.FaultFinalized)
+	return c.download(s, ord)
 }
 
-func (c *Client) waitAuthorization(ctx context.Context, lib acmelib.Client, account acmelib.Account, url string) error {
-	return c.poll(ctx, func() (bool, error) {
-		authz, err := lib.FetchAuthorization(account, url)
-		if err != nil {
-			return false, fmt.Errorf("fetch authorization: %w", err)
-		}
-		switch authz.Status {
-		case "valid":
-			return true, nil
-		case "pending", "processing":
-			return false, nil
-		}
-		for _, ch := range authz.Challenges {
-			if ch.Type == acmelib.ChallengeTypeHTTP01 && ch.Error.Type != "" {
-				return true, fmt.Errorf("validation of %s failed: %w", authz.Identifier.Value, ch.Error)
-			}
-		}
-		return true, fmt.Errorf("authorization for %s is %s", authz.Identifier.Value, authz.Status)
-	})
-}
-
-func (c *Client) finalize(ctx context.Context, lib acmelib.Client, account acmelib.Account, order acmelib.Order, hosts []string, key crypto.Signer) ([]byte, error) {
+// waitOrder polls the order at url while its status is while.
+func (c *Client) waitOrder(ctx context.Context, s lib, url, while string) (order, error) {
+	var o order
 	err := c.poll(ctx, func() (bool, error) {
-		o, err := lib.FetchOrder(account, order.URL)
-		if err != nil {
+		var err error
+		if o, err = s.fetchOrder(url); err != nil {
 			return false, fmt.Errorf("fetch order: %w", err)
 		}
-		order = o
-		switch o.Status {
-		case "ready", "valid", "processing":
-			return true, nil
-		case "pending":
-			return false, nil
+		if o.Status == "invalid" {
+			return true, fmt.Errorf("order is invalid: %w", cmpErr(o.Err, errors.New("no problem given")))
 		}
-		return true, fmt.Errorf("order is %s: %w", o.Status, o.Error)
+		return o.Status != while, nil
 	})
+	return o, err
+}
+
+func newCSR(hosts []string, key crypto.Signer) (*x509.CertificateRequest, error) {
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject:  pkix.Name{CommonName: hosts[0]},
+		DNSNames: hosts,
+	}, key)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create csr: %w", err)
 	}
-	if order.Status == "ready" {
-		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-			Subject:  pkix.Name{CommonName: hosts[0]},
-			DNSNames: hosts,
-		}, key)
-		if err != nil {
-			return nil, fmt.Errorf("create csr: %w", err)
-		}
-		req, err := x509.ParseCertificateRequest(csr)
-		if err != nil {
-			return nil, fmt.Errorf("parse csr: %w", err)
-		}
-		once := lib
-		once.IgnorePolling, once.IgnoreRetryAfter = true, true
-		if order, err = once.FinalizeOrder(account, order, req); err != nil {
-			return nil, fmt.Errorf("finalize: %w", err)
-		}
-	}
-	err = c.poll(ctx, func() (bool, error) {
-		if order.Status == "valid" {
-			return true, nil
-		}
-		if order.Status != "processing" {
-			return true, fmt.Errorf("order is %s: %w", order.Status, order.Error)
-		}
-		o, err := lib.FetchOrder(account, order.URL)
-		if err != nil {
-			return false, fmt.Errorf("fetch order: %w", err)
-		}
-		order = o
-		return o.Status == "valid", nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	c.cfg.Fault(FaultFinalized)
-	certs, err := lib.FetchCertificates(account, order.Certificate)
+	return x509.ParseCertificateRequest(der)
+}
+
+func (c *Client) download(s lib, o order) ([]byte, error) {
+	certs, err := s.certificates(o.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("download certificate: %w", err)
 	}
@@ -408,7 +397,7 @@ func (c *Client) finalize(ctx context.Context, lib acmelib.Client, account acmel
 	for _, cert := range certs {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
 	}
-	c.log.Info("order valid", "order", order.URL, "hosts", hosts)
+	c.log.Info("order valid", "order", o.URL, "hosts", o.Hosts)
 	return chain, nil
 }
 
@@ -445,63 +434,32 @@ func (c *Client) poll(ctx context.Context, check func() (done bool, err error)) 
 }
 
 // RenewalWindow returns the CA's suggested renewal window for cert (ACME Renewal
-// Information). ok is false, with no error, when the CA offers none.
-func (c *Client) RenewalWindow(ctx context.Context, cert *x509.Certificate) (start, end time.Time, ok bool, err error) {
-	lib, _, err := c.session(ctx)
+// Information) and when to ask again; a window that is not Offered, and no
+// error, when the CA offers none. An empty or inverted window is an error.
+func (c *Client) RenewalWindow(ctx context.Context, cert *x509.Certificate) (core.RenewalWindow, error) {
+	start := time.Now()
+	s, err := c.session(ctx)
 	if err != nil {
-		return time.Time{}, time.Time{}, false, err
+		return core.RenewalWindow{}, err
 	}
-	info, err := lib.GetRenewalInfo(cert)
-	if errors.Is(err, acmelib.ErrRenewalInfoNotSupported) {
-		return time.Time{}, time.Time{}, false, nil
+	w, ok, err := s.renewalInfo(cert)
+	switch {
+	case err != nil:
+		return core.RenewalWindow{}, c.done(start, fmt.Errorf("renewal info: %w", err))
+	case !ok:
+		return core.RenewalWindow{}, nil
+	case w.Start.IsZero() || !w.End.After(w.Start):
+		return core.RenewalWindow{}, fmt.Errorf("renewal info: invalid window %s to %s", w.Start, w.End)
 	}
-	if err != nil {
-		return time.Time{}, time.Time{}, false, fmt.Errorf("renewal info: %w", err)
-	}
-	w := info.SuggestedWindow
-	if w.Start.IsZero() || !w.End.After(w.Start) {
-		return time.Time{}, time.Time{}, false, fmt.Errorf("renewal info: invalid window %s to %s", w.Start, w.End)
-	}
-	return w.Start, w.End, true, nil
+	return w, nil
 }
 
-func profileNames(d acmelib.Directory) string {
-	var names []string
-	for n := range d.Meta.Profiles {
-		names = append(names, n)
+// done ends a call that started at start: a CA that no longer knows the account
+// has it set up again on next use, and err says when the CA asked to wait.
+func (c *Client) done(start time.Time, err error) error {
+	if isProblem(err, "accountDoesNotExist") {
+		// A test CA restarted, or the account was deactivated elsewhere.
+		c.forget()
 	}
-	if len(names) == 0 {
-		return "none"
-	}
-	slices.Sort(names)
-	return strings.Join(names, ", ")
+	return c.wrap(start, err)
 }
-
-// isProblem reports whether err is an ACME problem, of one of types when any are
-// given (matched on the part after the last ':', e.g. "rateLimited").
-func isProblem(err error, types ...string) bool {
-	var p acmelib.Problem
-	if !errors.As(err, &p) {
-		return false
-	}
-	if len(types) == 0 {
-		return true
-	}
-	short := p.Type[strings.LastIndex(p.Type, ":")+1:]
-	for _, t := range types {
-		if short == t {
-			return true
-		}
-	}
-	return false
-}
-
-// retryAfterError is an error after which the CA asked us to wait.
-type retryAfterError struct {
-	err error
-	at  time.Time
-}
-
-func (e *retryAfterError) Error() string         { return e.err.Error() }
-func (e *retryAfterError) Unwrap() error         { return e.err }
-func (e *retryAfterError) RetryAfter() time.Time { return e.at }

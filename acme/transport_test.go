@@ -1,6 +1,7 @@
 package acme
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	acmelib "github.com/eggsampler/acme/v3"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // caFake is the base RoundTripper: it answers every request with code and
@@ -329,6 +332,16 @@ func TestTransportRetryAfterSince(t *testing.T) {
 	if got := tr.retryAfterSince(second); !got.IsZero() {
 		t.Errorf("got %v, want zero for an operation that started after it was seen", got)
 	}
+	// Until then every request is refused without reaching the CA.
+	calls := ca.calls
+	_, err := postVia(t, tr, "https://ca.example/new-order")
+	var ra *core.RetryAfterError
+	if !errors.As(err, &ra) || ra.At.Before(first.Add(59*time.Second)) || ca.calls != calls {
+		t.Errorf("got %v after %d more requests, want a *core.RetryAfterError a minute away and none sent", err, ca.calls-calls)
+	}
+	tr.mu.Lock()
+	tr.blockedUntil, tr.retryAfterSeen = time.Time{}, first // as if the minute had passed
+	tr.mu.Unlock()
 	// Nor does a 429 without one replace it with nothing.
 	ca.header = http.Header{}
 	if _, err := postVia(t, tr, "https://ca.example/new-order"); err != nil {
@@ -369,3 +382,136 @@ func TestTransportConcurrent(t *testing.T) {
 		t.Errorf("got zero, want a Retry-After")
 	}
 }
+
+func TestBucket(t *testing.T) {
+	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name        string
+		rate, burst float64
+		at          []time.Duration // when each reservation is made, from start
+		want        []time.Duration // when each may go, from start
+	}{
+		{name: "burst then rate", rate: 10, burst: 2, at: []time.Duration{0, 0, 0, 0}, want: []time.Duration{0, 0, 100 * time.Millisecond, 200 * time.Millisecond}},
+		{name: "refilled", rate: 10, burst: 2, at: []time.Duration{0, 0, time.Second, time.Second}, want: []time.Duration{0, 0, time.Second, time.Second}},
+		{name: "no burst spaces evenly", rate: 4, burst: 1, at: []time.Duration{0, 0, 0}, want: []time.Duration{0, 250 * time.Millisecond, 500 * time.Millisecond}},
+		{name: "new orders per 3h", rate: 240.0 / (3 * 3600), burst: 240, at: make([]time.Duration, 241), want: append(make([]time.Duration, 240), 45*time.Second)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newBucket(tt.rate, tt.burst)
+			for i, at := range tt.at {
+				got := b.reserve(start.Add(at)).Sub(start)
+				if d := got - tt.want[i]; d < -time.Millisecond || d > time.Millisecond {
+					t.Errorf("reservation %d: got %v, want %v", i, got, tt.want[i])
+				}
+			}
+		})
+	}
+	b := newBucket(1, 1)
+	b.reserve(start)
+	b.unreserve()
+	if got := b.reserve(start); !got.Equal(start) {
+		t.Errorf("got %v after giving the token back, want %v", got, start)
+	}
+}
+
+func TestTransportLimits(t *testing.T) {
+	const dir = "https://ca.example/dir"
+	newTr := func(l Limits) (*transport, *caFake) {
+		ca := &caFake{code: 200}
+		tr := &transport{base: ca, directory: dir}
+		tr.setLimits(l)
+		tr.setDirectory(acmelib.Directory{NewOrder: "https://ca.example/new-order", RenewalInfo: "https://ca.example/ari"})
+		return tr, ca
+	}
+	generous := Limits{RequestsPerSecond: 1000, RequestBurst: 1000, NewOrdersPer3h: 1000, NewAccountsPer3h: 1000, RenewalInfoPerSecond: 1000, MaxWait: time.Minute}
+
+	t.Run("renewal info is spaced, never a burst", func(t *testing.T) {
+		l := generous
+		l.RenewalInfoPerSecond = 50
+		tr, _ := newTr(l)
+		start := time.Now()
+		for range 6 {
+			if _, err := postVia(t, tr, "https://ca.example/ari/x.y"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if took := time.Since(start); took < 90*time.Millisecond {
+			t.Errorf("got 6 requests in %v, want at least 100ms at 50/s", took)
+		}
+	})
+	t.Run("other requests are not held by renewal info", func(t *testing.T) {
+		l := generous
+		l.RenewalInfoPerSecond = 0.001
+		tr, _ := newTr(l)
+		if _, err := postVia(t, tr, "https://ca.example/ari/x.y"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := postVia(t, tr, "https://ca.example/order/1"); err != nil || time.Since(start) > 50*time.Millisecond {
+			t.Errorf("got %v after %v, want the order fetch at once", err, time.Since(start))
+		}
+	})
+	t.Run("a wait past MaxWait fails at once", func(t *testing.T) {
+		l := generous
+		l.NewOrdersPer3h = 1
+		tr, ca := newTr(l)
+		if _, err := postVia(t, tr, "https://ca.example/new-order"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := postVia(t, tr, "https://ca.example/new-order")
+		var ra *core.RetryAfterError
+		if !errors.As(err, &ra) || time.Until(ra.At) < 2*time.Hour || ca.calls != 1 {
+			t.Errorf("got %v with %d requests sent, want a *core.RetryAfterError about 3h away and 1 sent", err, ca.calls)
+		}
+	})
+	t.Run("a caller whose context ends stops waiting", func(t *testing.T) {
+		l := generous
+		l.RequestsPerSecond, l.RequestBurst = 2, 1
+		tr, _ := newTr(l)
+		if _, err := postVia(t, tr, "https://ca.example/order/1"); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://ca.example/order/1", nil)
+		start := time.Now()
+		_, err := tr.RoundTrip(req)
+		var ra *core.RetryAfterError
+		if !errors.As(err, &ra) || time.Since(start) > 40*time.Millisecond {
+			t.Errorf("got %v after %v, want a *core.RetryAfterError at once (the deadline comes first)", err, time.Since(start))
+		}
+		// The token was given back: the next caller waits only half a second.
+		start = time.Now()
+		if _, err := postVia(t, tr, "https://ca.example/order/1"); err != nil || time.Since(start) > 700*time.Millisecond {
+			t.Errorf("got %v after %v, want the request within 0.5s", err, time.Since(start))
+		}
+	})
+	t.Run("a short Retry-After is waited out", func(t *testing.T) {
+		tr, ca := newTr(generous)
+		tr.block(time.Now().Add(100 * time.Millisecond))
+		start := time.Now()
+		if _, err := postVia(t, tr, "https://ca.example/order/1"); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took < 90*time.Millisecond || ca.calls != 1 {
+			t.Errorf("got the request after %v, want after the 100ms Retry-After", took)
+		}
+	})
+}
+
+func TestSendTimeout(t *testing.T) {
+	slow := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		<-req.Context().Done()
+		return nil, req.Context().Err()
+	})
+	start := time.Now()
+	req, _ := http.NewRequest(http.MethodGet, "https://ca.example/dir", nil)
+	if _, err := send(slow, req, 50*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > time.Second {
+		t.Errorf("got %v after %v, want a timeout after 50ms", err, time.Since(start))
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }

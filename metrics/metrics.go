@@ -26,6 +26,7 @@ type Metrics struct {
 	challengeRequests *prometheus.CounterVec
 	selfChecks        *prometheus.CounterVec
 	problems          *prometheus.CounterVec
+	hostsWithoutTLS   *prometheus.GaugeVec
 	workqueue         *workqueueProvider
 }
 
@@ -78,6 +79,10 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		Namespace: namespace, Name: "sync_problems_total",
 		Help: "Certificates not ordered because of a problem the user must fix, by reason (InvalidAnnotation, InvalidHost, NoHosts, ConflictingOptions, SecretNotOwned, OrderLimit).",
 	}, []string{"reason"})
+	m.hostsWithoutTLS = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "hosts_without_tls",
+		Help: "1 for each rule host of an opted-in Ingress that no spec.tls entry covers: it is served without TLS.",
+	}, []string{"namespace", "ingress", "host"})
 	// Start the outcome counters at 0, so that increase() sees the first one.
 	for _, kind := range []string{"issue", "renew"} {
 		for _, outcome := range []string{"success", "failure"} {
@@ -92,7 +97,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	})
 	info.Set(1)
 	reg.MustRegister(m.certExpiry, m.certRenewal, m.certReady, m.issuances, m.orderDuration,
-		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, m.problems, info)
+		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, m.problems, m.hostsWithoutTLS, info)
 	m.workqueue = newWorkqueueProvider(reg)
 	return m
 }
@@ -112,6 +117,15 @@ func (m *Metrics) SetCertificate(namespace, secret string, notAfter, renewAt tim
 		r = 1
 	}
 	m.certReady.WithLabelValues(namespace, secret).Set(r)
+}
+
+// SetHostsWithoutTLS records the rule hosts of namespace/ingress that no spec.tls
+// entry covers, replacing what was recorded for it; none drops its series.
+func (m *Metrics) SetHostsWithoutTLS(namespace, ingress string, hosts []string) {
+	m.hostsWithoutTLS.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "ingress": ingress})
+	for _, h := range hosts {
+		m.hostsWithoutTLS.WithLabelValues(namespace, ingress, h).Set(1)
+	}
 }
 
 // DeleteCertificate drops the series of namespace/secret, for a certificate that

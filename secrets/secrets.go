@@ -1,9 +1,9 @@
-// Package secrets builds, parses and writes the kubernetes.io/tls Secrets that hold
-// ingress-acme's certificates, generates their private keys, keeps the ACME account
-// keys, and says when a certificate is due for renewal.
+// Package secrets builds, parses, reads and writes the kubernetes.io/tls Secrets
+// that hold ingress-acme's certificates, generates and encodes their private
+// keys, and keeps the ACME account keys in Secrets of the controller's namespace.
 //
-// A Secret is ours when it carries the label LabelManagedBy=ManagedBy. Nothing in
-// this package ever modifies a Secret that is not ours.
+// A Secret is ours when it carries the label core.LabelManagedBy=core.ManagedBy.
+// Nothing in this package ever modifies a Secret that is not ours.
 package secrets
 
 import (
@@ -17,96 +17,55 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
-// Labels and annotations on the Secrets this package writes.
+// Annotations on the Secrets this package writes, besides core.AnnotationKeyType.
 const (
-	LabelManagedBy = "app.kubernetes.io/managed-by"
-	ManagedBy      = "ingress-acme"
-
-	AnnotationHosts     = "ingress-acme.io/hosts"
-	AnnotationNotAfter  = "ingress-acme.io/not-after"
-	AnnotationDirectory = "ingress-acme.io/directory"
-	AnnotationKeyType   = "ingress-acme.io/key-type"
-	AnnotationSerial    = "ingress-acme.io/serial"
+	AnnotationHosts     = core.AnnotationPrefix + "hosts"
+	AnnotationNotAfter  = core.AnnotationPrefix + "not-after"
+	AnnotationDirectory = core.AnnotationPrefix + "directory"
+	AnnotationSerial    = core.AnnotationPrefix + "serial"
 )
 
-// Selector is the label selector that matches exactly the Secrets we own; the
-// Secret informer lists with it so its memory does not grow with the cluster's
-// other Secrets.
-const Selector = LabelManagedBy + "=" + ManagedBy
-
-// KeyType names a certificate private key algorithm.
-type KeyType string
-
-// The key types a certificate can have.
-const (
-	ECDSAP256 KeyType = "ecdsa-p256"
-	ECDSAP384 KeyType = "ecdsa-p384"
-	RSA2048   KeyType = "rsa-2048"
-	RSA4096   KeyType = "rsa-4096"
-)
-
-// DefaultKeyType is used when an Ingress does not ask for one.
-const DefaultKeyType = ECDSAP256
-
-// KeyTypes lists every supported key type, in the order the help text shows them.
-var KeyTypes = []KeyType{ECDSAP256, ECDSAP384, RSA2048, RSA4096}
-
-// ParseKeyType returns the key type named s, or an error naming the valid ones.
-func ParseKeyType(s string) (KeyType, error) {
-	kt := KeyType(strings.ToLower(strings.TrimSpace(s)))
-	if slices.Contains(KeyTypes, kt) {
-		return kt, nil
-	}
-	return "", fmt.Errorf("unknown key type %q (want one of %s)", s, joinKeyTypes())
-}
-
-func joinKeyTypes() string {
-	names := make([]string, len(KeyTypes))
-	for i, k := range KeyTypes {
-		names[i] = string(k)
-	}
-	return strings.Join(names, ", ")
-}
-
-// GenerateKey returns a new private key of type kt.
-func GenerateKey(kt KeyType) (crypto.Signer, error) {
+// GenerateKey returns a new private key of type kt, or an error for a type not
+// in core.KeyTypes.
+func GenerateKey(kt core.KeyType) (crypto.Signer, error) {
 	switch kt {
-	case ECDSAP256:
+	case core.ECDSAP256:
 		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case ECDSAP384:
+	case core.ECDSAP384:
 		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case RSA2048:
+	case core.RSA2048:
 		return rsa.GenerateKey(rand.Reader, 2048)
-	case RSA4096:
+	case core.RSA4096:
 		return rsa.GenerateKey(rand.Reader, 4096)
 	}
 	return nil, fmt.Errorf("unknown key type %q", kt)
 }
 
-// keyTypeOf tells the KeyType of a public key, or "" for anything else.
-func keyTypeOf(pub crypto.PublicKey) KeyType {
+// keyTypeOf tells the key type of a public key, or "" for anything else.
+func keyTypeOf(pub crypto.PublicKey) core.KeyType {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		switch k.Curve {
 		case elliptic.P256():
-			return ECDSAP256
+			return core.ECDSAP256
 		case elliptic.P384():
-			return ECDSAP384
+			return core.ECDSAP384
 		}
 	case *rsa.PublicKey:
 		switch k.N.BitLen() {
 		case 2048:
-			return RSA2048
+			return core.RSA2048
 		case 4096:
-			return RSA4096
+			return core.RSA4096
 		}
 	}
 	return ""
@@ -164,17 +123,18 @@ func DecodeKey(data []byte) (crypto.Signer, error) {
 	}
 }
 
-// Owned reports whether s is a Secret we manage. A nil Secret is not owned.
+// Owned reports whether s is a Secret we manage (labelled core.LabelManagedBy=
+// core.ManagedBy). A nil Secret is not owned.
 func Owned(s *corev1.Secret) bool {
-	return s != nil && s.Labels[LabelManagedBy] == ManagedBy
+	return s != nil && s.Labels[core.LabelManagedBy] == core.ManagedBy
 }
 
 // Certificate is what a Secret of ours holds, parsed.
 type Certificate struct {
 	Leaf      *x509.Certificate
 	Chain     []*x509.Certificate // Leaf first
-	KeyType   KeyType
-	Directory string // the ACME directory that issued it, from its annotation
+	KeyType   core.KeyType        // "" for a key of a type not in core.KeyTypes
+	Directory string              // the ACME directory that issued it, from its annotation
 }
 
 // Parse reads a certificate Secret: tls.crt must be a PEM chain whose first
@@ -234,28 +194,6 @@ func DecodeChain(data []byte) ([]*x509.Certificate, error) {
 	return chain, nil
 }
 
-// Covers reports whether the certificate names every host in hosts (exact names,
-// compared case-insensitively).
-func (c *Certificate) Covers(hosts []string) bool {
-	for _, h := range hosts {
-		if !slices.ContainsFunc(c.Leaf.DNSNames, func(n string) bool { return strings.EqualFold(n, h) }) {
-			return false
-		}
-	}
-	return true
-}
-
-// RenewAt is when the certificate should be renewed without renewal information
-// from the CA: renewBefore ahead of expiry when that is positive and shorter than
-// the certificate's lifetime, else when a third of its lifetime remains.
-func (c *Certificate) RenewAt(renewBefore time.Duration) time.Time {
-	lifetime := c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)
-	if renewBefore <= 0 || renewBefore >= lifetime {
-		renewBefore = lifetime / 3
-	}
-	return c.Leaf.NotAfter.Add(-renewBefore)
-}
-
 // Build returns the kubernetes.io/tls Secret namespace/name holding chainPEM
 // (leaf first) and key, labelled as ours and annotated with its hosts, expiry,
 // serial, key type and issuing directory.
@@ -276,13 +214,13 @@ func Build(namespace, name string, chainPEM []byte, key crypto.Signer, directory
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      name,
 			Namespace: namespace,
-			Labels:    map[string]string{LabelManagedBy: ManagedBy},
+			Labels:    map[string]string{core.LabelManagedBy: core.ManagedBy},
 			Annotations: map[string]string{
-				AnnotationHosts:     strings.Join(leaf.DNSNames, ","),
-				AnnotationNotAfter:  leaf.NotAfter.UTC().Format(time.RFC3339),
-				AnnotationSerial:    fmt.Sprintf("%x", leaf.SerialNumber),
-				AnnotationKeyType:   string(keyTypeOf(key.Public())),
-				AnnotationDirectory: directory,
+				AnnotationHosts:        strings.Join(leaf.DNSNames, ","),
+				AnnotationNotAfter:     leaf.NotAfter.UTC().Format(time.RFC3339),
+				AnnotationSerial:       fmt.Sprintf("%x", leaf.SerialNumber),
+				core.AnnotationKeyType: string(keyTypeOf(key.Public())),
+				AnnotationDirectory:    directory,
 			},
 		},
 		Type: corev1.SecretTypeTLS,

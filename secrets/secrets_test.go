@@ -18,6 +18,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // testCert is a leaf certificate signed by a throwaway CA, with its key.
@@ -30,7 +32,7 @@ type testCert struct {
 
 // newTestCert issues a certificate for hosts valid from notBefore to notAfter,
 // with a key of type kt, signed by a new self-signed ECDSA CA.
-func newTestCert(t *testing.T, kt KeyType, hosts []string, notBefore, notAfter time.Time) testCert {
+func newTestCert(t *testing.T, kt core.KeyType, hosts []string, notBefore, notAfter time.Time) testCert {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -91,53 +93,20 @@ func tlsSecret(t *testing.T, chainPEM []byte, key crypto.Signer) *corev1.Secret 
 	}
 }
 
-func TestParseKeyType(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    KeyType
-		wantErr bool
-	}{
-		{in: "ecdsa-p256", want: ECDSAP256},
-		{in: "ecdsa-p384", want: ECDSAP384},
-		{in: "rsa-2048", want: RSA2048},
-		{in: "rsa-4096", want: RSA4096},
-		{in: "  RSA-2048\t", want: RSA2048},
-		{in: "ECDSA-P384", want: ECDSAP384},
-		{in: "", wantErr: true},
-		{in: "rsa-1024", wantErr: true},
-		{in: "ed25519", wantErr: true},
-		{in: "ecdsa-p256x", wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParseKeyType(tt.in)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("got err %v, want error %v", err, tt.wantErr)
-			}
-			if got != tt.want {
-				t.Errorf("got %q, want %q", got, tt.want)
-			}
-			if err != nil && !strings.Contains(err.Error(), "ecdsa-p256, ecdsa-p384, rsa-2048, rsa-4096") {
-				t.Errorf("got error %q, want it to list the valid key types", err)
-			}
-		})
-	}
-}
-
 func TestGenerateEncodeDecodeKey(t *testing.T) {
 	tests := []struct {
-		kt        KeyType
+		kt        core.KeyType
 		pemType   string
 		checkSize func(crypto.Signer) bool
 	}{
-		{ECDSAP256, "EC PRIVATE KEY", func(k crypto.Signer) bool { return k.(*ecdsa.PrivateKey).Curve == elliptic.P256() }},
-		{ECDSAP384, "EC PRIVATE KEY", func(k crypto.Signer) bool { return k.(*ecdsa.PrivateKey).Curve == elliptic.P384() }},
-		{RSA2048, "RSA PRIVATE KEY", nil},
-		{RSA4096, "RSA PRIVATE KEY", nil},
+		{core.ECDSAP256, "EC PRIVATE KEY", func(k crypto.Signer) bool { return k.(*ecdsa.PrivateKey).Curve == elliptic.P256() }},
+		{core.ECDSAP384, "EC PRIVATE KEY", func(k crypto.Signer) bool { return k.(*ecdsa.PrivateKey).Curve == elliptic.P384() }},
+		{core.RSA2048, "RSA PRIVATE KEY", nil},
+		{core.RSA4096, "RSA PRIVATE KEY", nil},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.kt), func(t *testing.T) {
-			if tt.kt == RSA4096 && testing.Short() {
+			if tt.kt == core.RSA4096 && testing.Short() {
 				t.Skip("rsa-4096 generation is slow")
 			}
 			key, err := GenerateKey(tt.kt)
@@ -191,7 +160,7 @@ func TestEncodeKeyUnsupported(t *testing.T) {
 }
 
 func TestDecodeKey(t *testing.T) {
-	ec, err := GenerateKey(ECDSAP256)
+	ec, err := GenerateKey(core.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,9 +236,9 @@ func TestOwned(t *testing.T) {
 	}{
 		{name: "nil", sec: nil, want: false},
 		{name: "no labels", sec: &corev1.Secret{}, want: false},
-		{name: "other manager", sec: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{LabelManagedBy: "cert-manager"}}}, want: false},
-		{name: "our value on another label", sec: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"managed-by": ManagedBy}}}, want: false},
-		{name: "ours", sec: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{LabelManagedBy: ManagedBy, "x": "y"}}}, want: true},
+		{name: "other manager", sec: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{core.LabelManagedBy: "cert-manager"}}}, want: false},
+		{name: "our value on another label", sec: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"managed-by": core.ManagedBy}}}, want: false},
+		{name: "ours", sec: &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{core.LabelManagedBy: core.ManagedBy, "x": "y"}}}, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -278,15 +247,15 @@ func TestOwned(t *testing.T) {
 			}
 		})
 	}
-	if Selector != "app.kubernetes.io/managed-by=ingress-acme" {
-		t.Errorf("got selector %q, want %q", Selector, "app.kubernetes.io/managed-by=ingress-acme")
+	if core.Selector != "app.kubernetes.io/managed-by=ingress-acme" {
+		t.Errorf("got selector %q, want %q", core.Selector, "app.kubernetes.io/managed-by=ingress-acme")
 	}
 }
 
 func TestParse(t *testing.T) {
 	now := time.Now().Truncate(time.Second)
-	good := newTestCert(t, ECDSAP384, []string{"a.example.com", "b.example.com"}, now, now.Add(90*24*time.Hour))
-	other := newTestCert(t, ECDSAP256, []string{"a.example.com"}, now, now.Add(90*24*time.Hour))
+	good := newTestCert(t, core.ECDSAP384, []string{"a.example.com", "b.example.com"}, now, now.Add(90*24*time.Hour))
+	other := newTestCert(t, core.ECDSAP256, []string{"a.example.com"}, now, now.Add(90*24*time.Hour))
 	goodKeyPEM, err := EncodeKey(good.key)
 	if err != nil {
 		t.Fatal(err)
@@ -353,8 +322,8 @@ func TestParse(t *testing.T) {
 			if !c.Chain[0].Equal(c.Leaf) {
 				t.Errorf("got chain[0] %v, want the leaf", c.Chain[0].Subject)
 			}
-			if c.KeyType != ECDSAP384 {
-				t.Errorf("got key type %q, want %q", c.KeyType, ECDSAP384)
+			if c.KeyType != core.ECDSAP384 {
+				t.Errorf("got key type %q, want %q", c.KeyType, core.ECDSAP384)
 			}
 			if c.Directory != "https://ca.example/dir" {
 				t.Errorf("got directory %q, want %q", c.Directory, "https://ca.example/dir")
@@ -365,7 +334,7 @@ func TestParse(t *testing.T) {
 
 func TestDecodeChain(t *testing.T) {
 	now := time.Now()
-	c := newTestCert(t, ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
+	c := newTestCert(t, core.ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
 	keyPEM, err := EncodeKey(c.key)
 	if err != nil {
 		t.Fatal(err)
@@ -398,66 +367,10 @@ func TestDecodeChain(t *testing.T) {
 	}
 }
 
-func TestCovers(t *testing.T) {
-	now := time.Now()
-	tc := newTestCert(t, ECDSAP256, []string{"a.example.com", "B.example.com"}, now, now.Add(time.Hour))
-	c := &Certificate{Leaf: tc.leaf}
-	tests := []struct {
-		hosts []string
-		want  bool
-	}{
-		{hosts: nil, want: true},
-		{hosts: []string{"a.example.com"}, want: true},
-		{hosts: []string{"b.example.com", "A.EXAMPLE.COM"}, want: true},
-		{hosts: []string{"a.example.com", "c.example.com"}, want: false},
-		{hosts: []string{"example.com"}, want: false},
-		{hosts: []string{"x.a.example.com"}, want: false},
-	}
-	for _, tt := range tests {
-		t.Run(strings.Join(tt.hosts, ","), func(t *testing.T) {
-			if got := c.Covers(tt.hosts); got != tt.want {
-				t.Errorf("got %v, want %v", got, tt.want)
-			}
-		})
-	}
-}
-
-func TestRenewAt(t *testing.T) {
-	notBefore := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	notAfter := notBefore.Add(90 * 24 * time.Hour)
-	c := &Certificate{Leaf: &x509.Certificate{NotBefore: notBefore, NotAfter: notAfter}}
-	day := 24 * time.Hour
-	tests := []struct {
-		name        string
-		renewBefore time.Duration
-		want        time.Time
-	}{
-		{name: "zero: a third of the lifetime", renewBefore: 0, want: notAfter.Add(-30 * day)},
-		{name: "negative: a third", renewBefore: -time.Hour, want: notAfter.Add(-30 * day)},
-		{name: "ten days", renewBefore: 10 * day, want: notAfter.Add(-10 * day)},
-		{name: "just under the lifetime", renewBefore: 90*day - time.Second, want: notBefore.Add(time.Second)},
-		{name: "the whole lifetime: a third", renewBefore: 90 * day, want: notAfter.Add(-30 * day)},
-		{name: "longer than the lifetime: a third", renewBefore: 365 * day, want: notAfter.Add(-30 * day)},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := c.RenewAt(tt.renewBefore); !got.Equal(tt.want) {
-				t.Errorf("got %v, want %v", got, tt.want)
-			}
-		})
-	}
-	t.Run("six-day certificate", func(t *testing.T) {
-		short := &Certificate{Leaf: &x509.Certificate{NotBefore: notBefore, NotAfter: notBefore.Add(6 * day)}}
-		if got, want := short.RenewAt(30*day), notBefore.Add(4*day); !got.Equal(want) {
-			t.Errorf("got %v, want %v", got, want)
-		}
-	})
-}
-
 func TestBuild(t *testing.T) {
 	notBefore := time.Now().Truncate(time.Second)
 	notAfter := notBefore.Add(90 * 24 * time.Hour)
-	tc := newTestCert(t, RSA2048, []string{"a.example.com", "b.example.com"}, notBefore, notAfter)
+	tc := newTestCert(t, core.RSA2048, []string{"a.example.com", "b.example.com"}, notBefore, notAfter)
 
 	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir")
 	if err != nil {
@@ -473,11 +386,11 @@ func TestBuild(t *testing.T) {
 		t.Errorf("got labels %v, want the Secret owned", sec.Labels)
 	}
 	wantAnn := map[string]string{
-		AnnotationHosts:     "a.example.com,b.example.com",
-		AnnotationNotAfter:  notAfter.UTC().Format(time.RFC3339),
-		AnnotationSerial:    "beef42",
-		AnnotationKeyType:   string(RSA2048),
-		AnnotationDirectory: "https://ca.example/dir",
+		AnnotationHosts:        "a.example.com,b.example.com",
+		AnnotationNotAfter:     notAfter.UTC().Format(time.RFC3339),
+		AnnotationSerial:       "beef42",
+		core.AnnotationKeyType: string(core.RSA2048),
+		AnnotationDirectory:    "https://ca.example/dir",
 	}
 	for k, want := range wantAnn {
 		if got := sec.Annotations[k]; got != want {
@@ -498,12 +411,12 @@ func TestBuild(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse(Build(...)): %v", err)
 	}
-	if parsed.KeyType != RSA2048 || parsed.Directory != "https://ca.example/dir" || !parsed.Leaf.Equal(tc.leaf) {
+	if parsed.KeyType != core.RSA2048 || parsed.Directory != "https://ca.example/dir" || !parsed.Leaf.Equal(tc.leaf) {
 		t.Errorf("got %q %q %v, want the built certificate back", parsed.KeyType, parsed.Directory, parsed.Leaf.Subject)
 	}
 
 	t.Run("mismatched key", func(t *testing.T) {
-		other, err := GenerateKey(ECDSAP256)
+		other, err := GenerateKey(core.ECDSAP256)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // ErrNotOwned is returned when a write would touch a Secret that is not ours.
@@ -90,14 +92,14 @@ func (s *Store) Put(ctx context.Context, current, desired *corev1.Secret) error 
 	return nil
 }
 
-// Read parses a certificate Secret (see Parse) and returns its leaf, key type and
-// issuing directory.
-func (s *Store) Read(sec *corev1.Secret) (leaf *x509.Certificate, keyType, directory string, err error) {
+// Read parses a certificate Secret (see Parse) and returns its leaf, key type
+// ("" for a key of a type not in core.KeyTypes) and issuing directory.
+func (s *Store) Read(sec *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, directory string, err error) {
 	c, err := Parse(sec)
 	if err != nil {
 		return nil, "", "", err
 	}
-	return c.Leaf, string(c.KeyType), c.Directory, nil
+	return c.Leaf, c.KeyType, c.Directory, nil
 }
 
 // Write builds the Secret namespace/name for chainPEM and key (see Build) and
@@ -110,17 +112,13 @@ func (s *Store) Write(ctx context.Context, current *corev1.Secret, namespace, na
 	return s.Put(ctx, current, desired)
 }
 
-// NewKey generates a private key of the named type (see ParseKeyType).
-func (s *Store) NewKey(keyType string) (crypto.Signer, error) {
-	kt, err := ParseKeyType(keyType)
-	if err != nil {
-		return nil, err
-	}
-	return GenerateKey(kt)
+// NewKey generates a private key of keyType (see GenerateKey).
+func (s *Store) NewKey(keyType core.KeyType) (crypto.Signer, error) {
+	return GenerateKey(keyType)
 }
 
 // AccountKeys keeps ACME account keys in Secrets of one namespace, one Secret per
-// directory URL. It is safe for concurrent use.
+// directory URL; it implements acme.AccountKeys. It is safe for concurrent use.
 type AccountKeys struct {
 	client    kubernetes.Interface
 	namespace string
@@ -140,23 +138,13 @@ func AccountSecretName(directoryURL string) string {
 	return "ingress-acme-account-" + hex.EncodeToString(sum[:])[:10]
 }
 
-// LoadOrCreate returns the account key PEM stored for directoryURL. When there is
-// none, it stores the one generate returns and returns that; when another process
-// stored one first, it returns theirs. created tells whether this call stored it.
-func (a *AccountKeys) LoadOrCreate(ctx context.Context, directoryURL string, generate func() ([]byte, error)) (keyPEM []byte, created bool, err error) {
-	api := a.client.CoreV1().Secrets(a.namespace)
-	name := AccountSecretName(directoryURL)
-	load := func() ([]byte, bool, error) {
-		sec, err := api.Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return nil, false, err
-		}
-		if sec.Annotations[AnnotationDirectory] != directoryURL || len(sec.Data[accountKeyField]) == 0 {
-			return nil, false, fmt.Errorf("secret %s/%s does not hold the account key for %s", a.namespace, name, directoryURL)
-		}
-		return sec.Data[accountKeyField], false, nil
-	}
-	key, _, err := load()
+// LoadOrCreate returns the account key stored for directoryURL (PEM, read with
+// DecodeKey). When there is none, it stores the one generate returns (encoded
+// with EncodeKey) and returns that; when another process stored one first, it
+// returns theirs. created tells whether this call stored it. Its errors never
+// contain key material.
+func (a *AccountKeys) LoadOrCreate(ctx context.Context, directoryURL string, generate func() (crypto.Signer, error)) (key crypto.Signer, created bool, err error) {
+	key, err = a.load(ctx, directoryURL)
 	if err == nil {
 		return key, false, nil
 	}
@@ -166,22 +154,47 @@ func (a *AccountKeys) LoadOrCreate(ctx context.Context, directoryURL string, gen
 	if key, err = generate(); err != nil {
 		return nil, false, err
 	}
-	sec := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:        name,
-			Namespace:   a.namespace,
-			Labels:      map[string]string{LabelManagedBy: ManagedBy, "ingress-acme.io/role": "account"},
-			Annotations: map[string]string{AnnotationDirectory: directoryURL},
-		},
-		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{accountKeyField: key},
+	keyPEM, err := EncodeKey(key)
+	if err != nil {
+		return nil, false, err
 	}
-	_, err = api.Create(ctx, sec, metav1.CreateOptions{})
+	_, err = a.client.CoreV1().Secrets(a.namespace).Create(ctx, a.accountSecret(directoryURL, keyPEM), metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
-		return load()
+		key, err = a.load(ctx, directoryURL)
+		return key, false, err
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("store account key: %w", err)
 	}
 	return key, true, nil
+}
+
+// load reads the account key of directoryURL; a NotFound error when none is stored.
+func (a *AccountKeys) load(ctx context.Context, directoryURL string) (crypto.Signer, error) {
+	name := AccountSecretName(directoryURL)
+	sec, err := a.client.CoreV1().Secrets(a.namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if sec.Annotations[AnnotationDirectory] != directoryURL || len(sec.Data[accountKeyField]) == 0 {
+		return nil, fmt.Errorf("secret %s/%s does not hold the account key for %s", a.namespace, name, directoryURL)
+	}
+	key, err := DecodeKey(sec.Data[accountKeyField])
+	if err != nil {
+		return nil, fmt.Errorf("secret %s/%s: account key: %w", a.namespace, name, err)
+	}
+	return key, nil
+}
+
+func (a *AccountKeys) accountSecret(directoryURL string, keyPEM []byte) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        AccountSecretName(directoryURL),
+			Namespace:   a.namespace,
+			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy, core.AnnotationPrefix + "role": "account"},
+			Annotations: map[string]string{AnnotationDirectory: directoryURL},
+		},
+		Type: corev1.SecretTypeOpaque,
+		Data: map[string][]byte{accountKeyField: keyPEM},
+	}
 }

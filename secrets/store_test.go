@@ -3,6 +3,7 @@ package secrets
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"errors"
 	"strings"
 	"testing"
@@ -15,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // writes returns the verbs of the actions on client that change something.
@@ -33,7 +36,7 @@ func writes(client *fake.Clientset) []string {
 func built(t *testing.T, hosts ...string) *corev1.Secret {
 	t.Helper()
 	now := time.Now()
-	tc := newTestCert(t, ECDSAP256, hosts, now, now.Add(24*time.Hour))
+	tc := newTestCert(t, core.ECDSAP256, hosts, now, now.Add(24*time.Hour))
 	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir")
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +57,7 @@ func ownedSecret() *corev1.Secret {
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace:   "ns",
 			Name:        "web-tls",
-			Labels:      map[string]string{LabelManagedBy: ManagedBy, "team": "web"},
+			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy, "team": "web"},
 			Annotations: map[string]string{"note": "keep me", AnnotationHosts: "old.example.com"},
 		},
 		Type: corev1.SecretTypeTLS,
@@ -234,19 +237,19 @@ func TestStoreWriteReadNewKey(t *testing.T) {
 	client := fake.NewClientset()
 	s := NewStore(client)
 
-	key, err := s.NewKey("ECDSA-P384")
+	key, err := s.NewKey(core.ECDSAP384)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := keyTypeOf(key.Public()); got != ECDSAP384 {
-		t.Errorf("got key type %q, want %q", got, ECDSAP384)
+	if got := keyTypeOf(key.Public()); got != core.ECDSAP384 {
+		t.Errorf("got key type %q, want %q", got, core.ECDSAP384)
 	}
 	if k, err := s.NewKey("rsa-512"); err == nil {
 		t.Errorf("got key %T, want an error", k)
 	}
 
 	now := time.Now()
-	tc := newTestCert(t, ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
+	tc := newTestCert(t, core.ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
 	if err := s.Write(ctx, nil, "ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir"); err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +261,7 @@ func TestStoreWriteReadNewKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !leaf.Equal(tc.leaf) || kt != string(ECDSAP256) || dir != "https://ca.example/dir" {
+	if !leaf.Equal(tc.leaf) || kt != core.ECDSAP256 || dir != "https://ca.example/dir" {
 		t.Errorf("got %v %q %q, want the written certificate, ecdsa-p256, the directory", leaf.DNSNames, kt, dir)
 	}
 
@@ -287,22 +290,37 @@ func TestAccountSecretName(t *testing.T) {
 	}
 }
 
+// testKey returns a new ECDSA P-256 key.
+func testKey(t *testing.T) crypto.Signer {
+	t.Helper()
+	k, err := GenerateKey(core.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func sameKey(a, b crypto.Signer) bool {
+	return a != nil && b != nil && publicKeysEqual(a.Public(), b.Public())
+}
+
 func TestAccountKeysLoadOrCreate(t *testing.T) {
 	ctx := context.Background()
 	const dirA, dirB = "https://a.example/dir", "https://b.example/dir"
 	client := fake.NewClientset()
 	ak := NewAccountKeys(client, "ingress-acme")
+	keyA, keyA2, keyB := testKey(t), testKey(t), testKey(t)
 	calls := 0
-	gen := func(v string) func() ([]byte, error) {
-		return func() ([]byte, error) { calls++; return []byte(v), nil }
+	gen := func(k crypto.Signer) func() (crypto.Signer, error) {
+		return func() (crypto.Signer, error) { calls++; return k, nil }
 	}
 
-	key, created, err := ak.LoadOrCreate(ctx, dirA, gen("key-a"))
+	key, created, err := ak.LoadOrCreate(ctx, dirA, gen(keyA))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(key) != "key-a" || !created || calls != 1 {
-		t.Errorf("got %q, created %v, %d generate calls, want key-a, true, 1", key, created, calls)
+	if !sameKey(key, keyA) || !created || calls != 1 {
+		t.Errorf("got same key %v, created %v, %d generate calls, want key A, true, 1", sameKey(key, keyA), created, calls)
 	}
 	sec, err := client.CoreV1().Secrets("ingress-acme").Get(ctx, AccountSecretName(dirA), metav1.GetOptions{})
 	if err != nil {
@@ -311,21 +329,24 @@ func TestAccountKeysLoadOrCreate(t *testing.T) {
 	if !Owned(sec) || sec.Annotations[AnnotationDirectory] != dirA {
 		t.Errorf("got labels %v annotations %v, want ours and the directory", sec.Labels, sec.Annotations)
 	}
+	if stored, err := DecodeKey(sec.Data["key.pem"]); err != nil || !sameKey(stored, keyA) {
+		t.Errorf("got stored key error %v, want key A as PEM", err)
+	}
 
-	key, created, err = ak.LoadOrCreate(ctx, dirA, gen("key-a2"))
+	key, created, err = ak.LoadOrCreate(ctx, dirA, gen(keyA2))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(key) != "key-a" || created || calls != 1 {
-		t.Errorf("got %q, created %v, %d generate calls, want the stored key-a, false, 1", key, created, calls)
+	if !sameKey(key, keyA) || created || calls != 1 {
+		t.Errorf("got same key %v, created %v, %d generate calls, want the stored key A, false, 1", sameKey(key, keyA), created, calls)
 	}
 
-	key, created, err = ak.LoadOrCreate(ctx, dirB, gen("key-b"))
+	key, created, err = ak.LoadOrCreate(ctx, dirB, gen(keyB))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(key) != "key-b" || !created {
-		t.Errorf("got %q, created %v, want a new key-b for another directory", key, created)
+	if !sameKey(key, keyB) || !created {
+		t.Errorf("got same key %v, created %v, want a new key B for another directory", sameKey(key, keyB), created)
 	}
 	list, err := client.CoreV1().Secrets("ingress-acme").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -339,14 +360,19 @@ func TestAccountKeysLoadOrCreate(t *testing.T) {
 func TestAccountKeysLoadOrCreateRace(t *testing.T) {
 	ctx := context.Background()
 	const dir = "https://a.example/dir"
+	their := testKey(t)
+	theirPEM, err := EncodeKey(their)
+	if err != nil {
+		t.Fatal(err)
+	}
 	theirs := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace:   "ingress-acme",
 			Name:        AccountSecretName(dir),
-			Labels:      map[string]string{LabelManagedBy: ManagedBy},
+			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy},
 			Annotations: map[string]string{AnnotationDirectory: dir},
 		},
-		Data: map[string][]byte{"key.pem": []byte("their-key")},
+		Data: map[string][]byte{"key.pem": theirPEM},
 	}
 	client := fake.NewClientset(theirs)
 	// The first read misses it, as if the other replica created it just after.
@@ -358,18 +384,22 @@ func TestAccountKeysLoadOrCreateRace(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	key, created, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { return []byte("my-key"), nil })
+	mine := testKey(t)
+	key, created, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() (crypto.Signer, error) { return mine, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(key) != "their-key" || created {
-		t.Errorf("got %q, created %v, want their-key, false", key, created)
+	if !sameKey(key, their) || created {
+		t.Errorf("got same as theirs %v, created %v, want their key, false", sameKey(key, their), created)
 	}
 }
 
 func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
 	ctx := context.Background()
 	const dir = "https://a.example/dir"
+	gen := func(called *bool) func() (crypto.Signer, error) {
+		return func() (crypto.Signer, error) { *called = true; return testKey(t), nil }
+	}
 	t.Run("secret for another directory", func(t *testing.T) {
 		client := fake.NewClientset(&corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{
@@ -380,9 +410,9 @@ func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
 			Data: map[string][]byte{"key.pem": []byte("k")},
 		})
 		called := false
-		key, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { called = true; return []byte("x"), nil })
+		key, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, gen(&called))
 		if err == nil {
-			t.Errorf("got key %q, want an error", key)
+			t.Errorf("got key %v, want an error", key != nil)
 		}
 		if called {
 			t.Errorf("got generate called, want the Secret left alone")
@@ -396,14 +426,34 @@ func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
 				Annotations: map[string]string{AnnotationDirectory: dir},
 			},
 		})
-		if key, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { return []byte("x"), nil }); err == nil {
-			t.Errorf("got key %q, want an error", key)
+		var called bool
+		if key, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, gen(&called)); err == nil {
+			t.Errorf("got key %v, want an error", key != nil)
+		}
+	})
+	t.Run("unparsable key", func(t *testing.T) {
+		secret := "-----BEGIN EC PRIVATE KEY-----\nc2VjcmV0LWJ5dGVz\n-----END EC PRIVATE KEY-----\n"
+		client := fake.NewClientset(&corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace:   "ingress-acme",
+				Name:        AccountSecretName(dir),
+				Annotations: map[string]string{AnnotationDirectory: dir},
+			},
+			Data: map[string][]byte{"key.pem": []byte(secret)},
+		})
+		called := false
+		_, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, gen(&called))
+		if err == nil || strings.Contains(err.Error(), "c2VjcmV0LWJ5dGVz") {
+			t.Errorf("got %v, want an error without the key material", err)
+		}
+		if called {
+			t.Errorf("got generate called, want the Secret left alone")
 		}
 	})
 	t.Run("generate fails", func(t *testing.T) {
 		client := fake.NewClientset()
 		boom := errors.New("boom")
-		_, created, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { return nil, boom })
+		_, created, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() (crypto.Signer, error) { return nil, boom })
 		if !errors.Is(err, boom) || created {
 			t.Errorf("got %v, created %v, want boom, false", err, created)
 		}
@@ -417,7 +467,7 @@ func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
 			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "x", errors.New("no"))
 		})
 		called := false
-		_, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, func() ([]byte, error) { called = true; return []byte("x"), nil })
+		_, _, err := NewAccountKeys(client, "ingress-acme").LoadOrCreate(ctx, dir, gen(&called))
 		if !apierrors.IsForbidden(err) {
 			t.Errorf("got %v, want the Forbidden error", err)
 		}

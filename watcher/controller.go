@@ -6,8 +6,6 @@ package watcher
 
 import (
 	"context"
-	"crypto"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,62 +32,6 @@ import (
 	"github.com/ingress-acme/ingress-acme/metrics"
 )
 
-// Challenge is an HTTP-01 challenge to present.
-type Challenge struct {
-	Host, Token, KeyAuth string
-}
-
-// PresentFunc makes challenges answer through the ingress; it returns once they do.
-type PresentFunc func(ctx context.Context, challenges []Challenge) error
-
-// Issuer gets certificates from the CA.
-type Issuer interface {
-	// Issue orders a certificate for hosts with key (a replacement of replaces,
-	// when not nil; with the CA's named profile unless profile is ""), calls
-	// present with the challenges to answer, and returns the PEM chain, leaf first.
-	Issue(ctx context.Context, hosts []string, key crypto.Signer, replaces *x509.Certificate, profile string, present PresentFunc) ([]byte, error)
-	// RenewalWindow is the CA's suggested renewal window for cert; ok is false
-	// when the CA offers none.
-	RenewalWindow(ctx context.Context, cert *x509.Certificate) (start, end time.Time, ok bool, err error)
-	// DirectoryURL identifies the CA.
-	DirectoryURL() string
-}
-
-// Secrets reads and writes certificate Secrets.
-type Secrets interface {
-	// Get reads a Secret from the API server, nil when there is none.
-	Get(ctx context.Context, namespace, name string) (*corev1.Secret, error)
-	// Read parses a certificate Secret: its leaf, its key type (one of KeyTypes)
-	// and the directory that issued it.
-	Read(s *corev1.Secret) (leaf *x509.Certificate, keyType, directory string, err error)
-	// Write stores chainPEM and key in namespace/name, updating current (as last
-	// seen, nil if none) and never a Secret that is not ours.
-	Write(ctx context.Context, current *corev1.Secret, namespace, name string, chainPEM []byte, key crypto.Signer, directory string) error
-	// NewKey generates a private key of keyType (one of KeyTypes).
-	NewKey(keyType string) (crypto.Signer, error)
-}
-
-// ChallengeServer answers the challenges presented to it.
-type ChallengeServer interface {
-	Present(host, token, keyAuth string)
-	Remove(token string)
-}
-
-// SolverService routes a namespace's challenge paths to the challenge server.
-type SolverService interface {
-	// Ensure makes the Service (and its endpoints) exist in namespace.
-	Ensure(ctx context.Context, namespace string) error
-	// Forget makes the next Ensure check again, after a challenge failed.
-	Forget(namespace string)
-	// Name is the Service's name.
-	Name() string
-}
-
-// SelfChecker checks that a challenge answers through the ingress.
-type SelfChecker interface {
-	Check(ctx context.Context, host, token, keyAuth string) error
-}
-
 // Config is what a Controller needs. Every interface field is required.
 type Config struct {
 	Client     kubernetes.Interface
@@ -113,6 +55,9 @@ type Config struct {
 	RenewBefore time.Duration
 	// MaxOrdersPerHour caps the orders for one certificate in any hour.
 	MaxOrdersPerHour int
+	// MaxOrdersInFlight bounds the orders waiting on the ingress or the CA at
+	// once; they run outside the workers. 0: 100.
+	MaxOrdersInFlight int
 	// RetryBase and RetryMax bound the exponential backoff after a failure.
 	RetryBase, RetryMax time.Duration
 	// Settle delays the sync an Ingress change brings, so that Ingresses applied
@@ -122,18 +67,10 @@ type Config struct {
 	Resync time.Duration
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
-	// Fault, if set, is called at each step of an order named by the Fault*
-	// constants; tests make it crash the process there.
+	// Fault, if set, is called at each step of an order named by the
+	// core.Fault* constants; tests make it crash the process there.
 	Fault func(point string)
 }
-
-// Points in an order where Config.Fault is called.
-const (
-	FaultPathsInserted = "paths-inserted" // challenge paths are in the Ingress
-	FaultSelfChecked   = "self-checked"   // they answer; the CA is told next
-	FaultSecretWritten = "secret-written" // the certificate is stored
-	FaultBeforeRestore = "before-restore" // the paths are about to come out
-)
 
 // Controller reconciles certificates. Create it with New and start it with Run.
 type Controller struct {
@@ -142,35 +79,25 @@ type Controller struct {
 	now      func() time.Time
 	selector labels.Selector
 
-	ingresses   networkinglisters.IngressLister
-	ingIndexer  cache.Indexer
-	secrets     corelisters.SecretLister
-	synced      []cache.InformerSynced
-	factories   []informers.SharedInformerFactory
-	queue       workqueue.TypedRateLimitingInterface[string]
-	limiter     workqueue.TypedRateLimiter[string]
-	recorder    record.EventRecorder
-	broadcaster record.EventBroadcaster
+	ingresses     networkinglisters.IngressLister
+	ingIndexer    cache.Indexer
+	secretLister  corelisters.SecretLister
+	ingressEvents *changes // fires when the Ingress cache changes an object
+	synced        []cache.InformerSynced
+	factories     []informers.SharedInformerFactory
+	queue         workqueue.TypedRateLimitingInterface[string]
+	limiter       workqueue.TypedRateLimiter[string]
+	recorder      record.EventRecorder
+	broadcaster   record.EventBroadcaster
+	flights       *flights // orders in flight, run outside the workers
+	presenter     presenter
 
-	// mu guards the state map and ready. A certState itself is only touched by
+	// mu guards the state and uncovered maps and ready. A certState itself is only touched by
 	// the worker holding its key, which the queue gives to one worker at a time.
-	mu    sync.Mutex
-	state map[string]*certState // by key
-	ready bool
-}
-
-// certState is what the controller remembers of a certificate between syncs.
-type certState struct {
-	orders []time.Time // when orders were placed, for MaxOrdersPerHour
-	// After a failure, no new order before retryAt unless the desired state
-	// (failedFor) changes: events must not bypass the backoff.
-	failedFor string
-	retryAt   time.Time
-	// The renewal time chosen for the certificate with serial.
-	serial   string
-	renewAt  time.Time
-	recheck  time.Time // when to ask the CA for renewal information again
-	warnedOn string    // the desired state last warned about, so a warning is given once
+	mu        sync.Mutex
+	state     map[string]*certState // by key
+	uncovered map[string]string     // Ingress (namespace/name) -> its hosts without TLS, as last reported
+	ready     bool
 }
 
 const (
@@ -206,11 +133,16 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.RetryMax < cfg.RetryBase {
 		cfg.RetryMax = max(6*time.Hour, cfg.RetryBase)
 	}
-	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, selector: selector, state: map[string]*certState{}}
+	if cfg.MaxOrdersInFlight <= 0 {
+		cfg.MaxOrdersInFlight = 100
+	}
+	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, selector: selector, state: map[string]*certState{}, uncovered: map[string]string{}, ingressEvents: newChanges()}
+	c.presenter = &ingressPresenter{c: c}
 	c.limiter = workqueue.NewTypedItemExponentialFailureRateLimiter[string](cfg.RetryBase, cfg.RetryMax)
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(c.limiter, workqueue.TypedRateLimitingQueueConfig[string]{
 		Name: "certificates", MetricsProvider: cfg.Metrics.Workqueue(),
 	})
+	c.flights = newFlights(cfg.MaxOrdersInFlight, c.queue.Add)
 
 	ingFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithNamespace(cfg.Namespace))
 	secFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithNamespace(cfg.Namespace),
@@ -224,9 +156,9 @@ func New(cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("watcher: indexers: %w", err)
 	}
 	if _, err := ingInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { c.enqueueIngress(nil, obj) },
-		UpdateFunc: c.enqueueIngress,
-		DeleteFunc: func(obj any) { c.enqueueIngress(nil, obj) },
+		AddFunc:    func(obj any) { c.ingressChanged(nil, obj) },
+		UpdateFunc: c.ingressChanged,
+		DeleteFunc: c.ingressDeleted,
 	}); err != nil {
 		return nil, err
 	}
@@ -239,7 +171,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c.ingresses = ingInformer.Lister()
 	c.ingIndexer = ingInformer.Informer().GetIndexer()
-	c.secrets = secInformer.Lister()
+	c.secretLister = secInformer.Lister()
 	c.synced = []cache.InformerSynced{ingInformer.Informer().HasSynced, secInformer.Informer().HasSynced}
 	c.factories = []informers.SharedInformerFactory{ingFactory, secFactory}
 
@@ -281,6 +213,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	<-ctx.Done()
 	c.queue.ShutDown()
 	wg.Wait()
+	c.flights.wait() // every order in flight cleans up before Run returns
 	return nil
 }
 
@@ -291,43 +224,15 @@ func (c *Controller) Ready() bool {
 	return c.ready
 }
 
-// next processes one key; it returns false when the queue shuts down.
-func (c *Controller) next(ctx context.Context) bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	requeue, err := c.sync(ctx, key)
-	switch {
-	case err != nil && ctx.Err() != nil:
-		// Stopping: the next process picks the key up from its own informers.
-	case err != nil:
-		delay := c.limiter.When(key)
-		var ra interface{ RetryAfter() time.Time }
-		if errors.As(err, &ra) {
-			delay = max(delay, ra.RetryAfter().Sub(c.now()))
-		}
-		c.setRetry(key, delay)
-		c.log.Error("sync failed", "secret", key, "err", err, "retry_in", delay.Round(time.Second).String())
-		c.queue.AddAfter(key, delay)
-	default:
-		// The failure count is forgotten by sync itself when the certificate is
-		// fine, not here: a sync that only waits out a backoff must keep it.
-		if requeue > 0 {
-			c.queue.AddAfter(key, requeue)
-		}
-	}
-	return true
-}
-
-// enqueueIngress queues the certificates old and obj ask for or have challenge
-// paths for. Resyncs (same resourceVersion) queue nothing.
-func (c *Controller) enqueueIngress(old, obj any) {
+// ingressChanged wakes whoever waits for the Ingress cache (see changes), then
+// queues the certificates old and obj ask for or have challenge paths for.
+// Resyncs (same resourceVersion) queue nothing.
+func (c *Controller) ingressChanged(old, obj any) {
 	ing, ok := asIngress(obj)
 	if !ok {
 		return
 	}
+	c.ingressEvents.fire(ing.Namespace + "/" + ing.Name)
 	var keys []string
 	if old != nil {
 		o, ok := asIngress(old)
@@ -343,6 +248,18 @@ func (c *Controller) enqueueIngress(old, obj any) {
 		// A key already waiting keeps its earlier time: a burst of changes
 		// settles once, from its first change.
 		c.queue.AddAfter(k, c.cfg.Settle)
+	}
+}
+
+// ingressDeleted queues what the deleted Ingress asked for and drops what is
+// recorded about it alone.
+func (c *Controller) ingressDeleted(obj any) {
+	c.ingressChanged(nil, obj)
+	if ing, ok := asIngress(obj); ok {
+		c.mu.Lock()
+		delete(c.uncovered, ing.Namespace+"/"+ing.Name)
+		c.mu.Unlock()
+		c.cfg.Metrics.SetHostsWithoutTLS(ing.Namespace, ing.Name, nil)
 	}
 }
 
@@ -373,31 +290,4 @@ func (c *Controller) enqueueSecret(old, obj any) {
 		return
 	}
 	c.queue.Add(s.Namespace + "/" + s.Name)
-}
-
-// stateFor returns the remembered state of key, creating it.
-func (c *Controller) stateFor(key string) *certState {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s, ok := c.state[key]
-	if !ok {
-		s = &certState{}
-		c.state[key] = s
-	}
-	return s
-}
-
-func (c *Controller) setRetry(key string, delay time.Duration) {
-	c.stateFor(key).retryAt = c.now().Add(delay)
-}
-
-// forget drops the remembered state of key, unless it placed orders in the last
-// hour: toggling the opt-in must not reset the hourly order limit.
-func (c *Controller) forget(key string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s, ok := c.state[key]; ok && len(s.orders) > 0 && c.now().Sub(s.orders[len(s.orders)-1]) < time.Hour {
-		return
-	}
-	delete(c.state, key)
 }

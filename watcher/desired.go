@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"slices"
@@ -8,6 +9,8 @@ import (
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // The annotations a user puts on an Ingress.
@@ -16,20 +19,21 @@ const (
 	// kube-lego started).
 	AnnotationTLSACME = "kubernetes.io/tls-acme"
 	// AnnotationPrefix is the prefix of every option of ours.
-	AnnotationPrefix = "ingress-acme.io/"
+	AnnotationPrefix = core.AnnotationPrefix
 	// AnnotationKeyType chooses the private key type: ecdsa-p256 (default),
 	// ecdsa-p384, rsa-2048 or rsa-4096.
-	AnnotationKeyType = AnnotationPrefix + "key-type"
+	AnnotationKeyType = core.AnnotationKeyType
 	// AnnotationPathType chooses the pathType of the challenge paths: Exact
 	// (default), Prefix or ImplementationSpecific, for controllers that need it.
 	AnnotationPathType = AnnotationPrefix + "path-type"
 	// AnnotationProfile asks the CA for a certificate profile it offers (e.g.
 	// Let's Encrypt's "shortlived" or "tlsserver"); default: the CA's default.
 	AnnotationProfile = AnnotationPrefix + "profile"
+	// AnnotationManagedTLS records the spec.tls entry ingress-acme added to an
+	// Ingress that had none (JSON: the Secret and the hosts written), so that
+	// the entry keeps following the rule hosts until the user edits it.
+	AnnotationManagedTLS = AnnotationPrefix + "managed-tls"
 )
-
-// KeyTypes are the values AnnotationKeyType takes; the first is the default.
-var KeyTypes = []string{"ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-4096"}
 
 var pathTypes = []networkingv1.PathType{networkingv1.PathTypeExact, networkingv1.PathTypePrefix, networkingv1.PathTypeImplementationSpecific}
 
@@ -49,30 +53,23 @@ type certSpec struct {
 
 // certSpecs lists the certificates ing asks for: one per spec.tls entry with a
 // secretName (its hosts, or every rule host when it lists none), or with no
-// spec.tls, "<name>-tls" for every rule host.
+// spec.tls, "<name>-tls" for every rule host. The entry we added (see
+// AnnotationManagedTLS) asks for every rule host, like no spec.tls at all.
 func certSpecs(ing *networkingv1.Ingress) []certSpec {
-	var ruleHosts []string
-	for _, r := range ing.Spec.Rules {
-		if r.Host != "" && !slices.Contains(ruleHosts, r.Host) {
-			ruleHosts = append(ruleHosts, r.Host)
-		}
-	}
+	ruleHosts := ruleHostsOf(ing)
 	if len(ing.Spec.TLS) == 0 {
 		return []certSpec{{secret: ing.Name + "-tls", hosts: ruleHosts, implicit: true}}
 	}
+	managed, _ := readManagedTLS(ing)
 	var specs []certSpec
 	for _, t := range ing.Spec.TLS {
 		if t.SecretName == "" {
 			continue
 		}
 		hosts := slices.Clone(ruleHosts) // appended to below: never share ruleHosts' array
-		if len(t.Hosts) > 0 {
-			hosts = nil
-			for _, h := range t.Hosts {
-				if !slices.Contains(hosts, h) {
-					hosts = append(hosts, h)
-				}
-			}
+		implicit := managed.owns(t)
+		if len(t.Hosts) > 0 && !implicit {
+			hosts = dedupe(t.Hosts)
 		}
 		i := slices.IndexFunc(specs, func(s certSpec) bool { return s.secret == t.SecretName })
 		if i >= 0 { // two entries, one Secret: one certificate for both
@@ -83,9 +80,73 @@ func certSpecs(ing *networkingv1.Ingress) []certSpec {
 			}
 			continue
 		}
-		specs = append(specs, certSpec{secret: t.SecretName, hosts: hosts})
+		specs = append(specs, certSpec{secret: t.SecretName, hosts: hosts, implicit: implicit})
 	}
 	return specs
+}
+
+func ruleHostsOf(ing *networkingv1.Ingress) []string {
+	var hosts []string
+	for _, r := range ing.Spec.Rules {
+		if r.Host != "" && !slices.Contains(hosts, r.Host) {
+			hosts = append(hosts, r.Host)
+		}
+	}
+	return hosts
+}
+
+func dedupe(hosts []string) []string {
+	var out []string
+	for _, h := range hosts {
+		if !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// managedTLS is the spec.tls entry we added, as AnnotationManagedTLS records it.
+type managedTLS struct {
+	Secret string   `json:"secret"`
+	Hosts  []string `json:"hosts"`
+}
+
+// readManagedTLS returns ing's record of the spec.tls entry we added; ok is
+// false when there is none (or it does not parse: then the entry is the user's).
+func readManagedTLS(ing *networkingv1.Ingress) (m managedTLS, ok bool) {
+	raw, has := ing.Annotations[AnnotationManagedTLS]
+	if !has || json.Unmarshal([]byte(raw), &m) != nil || m.Secret == "" {
+		return managedTLS{}, false
+	}
+	return m, true
+}
+
+// owns reports whether t is the entry m records, unchanged by the user.
+func (m managedTLS) owns(t networkingv1.IngressTLS) bool {
+	return m.Secret != "" && t.SecretName == m.Secret && sameHosts(t.Hosts, m.Hosts)
+}
+
+func writeManagedTLS(ing *networkingv1.Ingress, secret string, hosts []string) {
+	raw, _ := json.Marshal(managedTLS{Secret: secret, Hosts: hosts}) // strings always marshal
+	if ing.Annotations == nil {
+		ing.Annotations = map[string]string{}
+	}
+	ing.Annotations[AnnotationManagedTLS] = string(raw)
+}
+
+// sameHosts reports whether a and b hold the same hosts, in any order and case.
+func sameHosts(a, b []string) bool {
+	norm := func(hs []string) []string {
+		out := make([]string, 0, len(hs))
+		for _, h := range hs {
+			if h = strings.ToLower(h); !slices.Contains(out, h) {
+				out = append(out, h)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	return slices.Equal(norm(a), norm(b))
 }
 
 // mentioned reports whether ing carries the opt-in annotation with any value
@@ -172,7 +233,7 @@ func quoted(s string, n int) string {
 
 // options are an Ingress's choices for its certificates.
 type options struct {
-	keyType  string
+	keyType  core.KeyType
 	pathType networkingv1.PathType
 	profile  string
 }
@@ -180,14 +241,13 @@ type options struct {
 // parseOptions reads ing's option annotations. Every problem is reported, none
 // is silently defaulted.
 func parseOptions(ing *networkingv1.Ingress) (options, []string) {
-	o := options{keyType: KeyTypes[0], pathType: networkingv1.PathTypeExact}
+	o := options{keyType: core.KeyTypes()[0], pathType: networkingv1.PathTypeExact}
 	var problems []string
 	if v, ok := ing.Annotations[AnnotationKeyType]; ok {
-		kt := strings.ToLower(strings.TrimSpace(v))
-		if slices.Contains(KeyTypes, kt) {
+		if kt, err := core.ParseKeyType(v); err == nil {
 			o.keyType = kt
 		} else {
-			problems = append(problems, fmt.Sprintf("annotation %s: %s is not one of %s", AnnotationKeyType, quoted(v, 40), strings.Join(KeyTypes, ", ")))
+			problems = append(problems, fmt.Sprintf("annotation %s: %s is not one of %s", AnnotationKeyType, quoted(v, 40), keyTypeNames()))
 		}
 	}
 	if v, ok := ing.Annotations[AnnotationPathType]; ok {
@@ -210,6 +270,14 @@ func parseOptions(ing *networkingv1.Ingress) (options, []string) {
 		problems = append(problems, fmt.Sprintf("annotation %s: %s is neither \"true\" (opt in) nor \"false\"", AnnotationTLSACME, quoted(v, 40)))
 	}
 	return o, problems
+}
+
+func keyTypeNames() string {
+	var names []string
+	for _, k := range core.KeyTypes() {
+		names = append(names, string(k))
+	}
+	return strings.Join(names, ", ")
 }
 
 func validProfile(p string) bool {
@@ -314,14 +382,57 @@ func desiredFor(namespace, secret string, ings []*networkingv1.Ingress) (desired
 }
 
 // ensureTLS makes ing's spec.tls name secret: an Ingress with no spec.tls gets
-// one entry for hosts. It returns whether ing changed.
+// one entry for hosts, recorded as ours; the entry we added follows hosts. It
+// returns whether ing changed.
 func ensureTLS(ing *networkingv1.Ingress, secret string, spec certSpec) bool {
-	if slices.ContainsFunc(ing.Spec.TLS, func(t networkingv1.IngressTLS) bool { return t.SecretName == secret }) {
-		return false
+	i := slices.IndexFunc(ing.Spec.TLS, func(t networkingv1.IngressTLS) bool { return t.SecretName == secret })
+	if i >= 0 {
+		managed, ok := readManagedTLS(ing)
+		t := ing.Spec.TLS[i]
+		if !ok || !managed.owns(t) || len(spec.hosts) == 0 || sameHosts(t.Hosts, spec.hosts) {
+			return false
+		}
+		ing.Spec.TLS[i].Hosts = slices.Clone(spec.hosts)
+		writeManagedTLS(ing, secret, spec.hosts)
+		return true
 	}
 	if len(ing.Spec.TLS) > 0 || !spec.implicit || len(spec.hosts) == 0 {
 		return false // the user's spec.tls names other Secrets: not ours to change
 	}
 	ing.Spec.TLS = append(ing.Spec.TLS, networkingv1.IngressTLS{Hosts: slices.Clone(spec.hosts), SecretName: secret})
+	writeManagedTLS(ing, secret, spec.hosts)
 	return true
+}
+
+// releaseTLS drops the record of the spec.tls entry we added once the user has
+// edited or removed that entry: from then on it is theirs. It returns whether
+// ing changed.
+func releaseTLS(ing *networkingv1.Ingress) bool {
+	if _, has := ing.Annotations[AnnotationManagedTLS]; !has {
+		return false
+	}
+	managed, ok := readManagedTLS(ing)
+	if ok && slices.ContainsFunc(ing.Spec.TLS, managed.owns) {
+		return false
+	}
+	delete(ing.Annotations, AnnotationManagedTLS)
+	return true
+}
+
+// hostsWithoutTLS lists the rule hosts of ing that no spec.tls entry covers;
+// none when ing has no spec.tls (it gets one) or is not opted in.
+func hostsWithoutTLS(ing *networkingv1.Ingress) []string {
+	if !optedIn(ing) || len(ing.Spec.TLS) == 0 {
+		return nil
+	}
+	var out []string
+	for _, h := range ruleHostsOf(ing) {
+		covered := slices.ContainsFunc(ing.Spec.TLS, func(t networkingv1.IngressTLS) bool {
+			return len(t.Hosts) == 0 && t.SecretName != "" || slices.ContainsFunc(t.Hosts, func(x string) bool { return strings.EqualFold(x, h) })
+		})
+		if !covered {
+			out = append(out, strings.ToLower(h))
+		}
+	}
+	return out
 }

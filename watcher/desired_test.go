@@ -7,6 +7,8 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // fxIngress is an opted-in Ingress in namespace "ns" with a rule for each host,
@@ -91,7 +93,7 @@ func TestParseOptions(t *testing.T) {
 	tests := []struct {
 		name         string
 		ann          []string
-		wantKeyType  string
+		wantKeyType  core.KeyType
 		wantPathType networkingv1.PathType
 		wantProfile  string
 		wantProblems []string // substrings, one per problem, in order

@@ -7,10 +7,9 @@ import (
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
-)
 
-// ChallengePathPrefix is where HTTP-01 challenges live (RFC 8555, section 8.3).
-const ChallengePathPrefix = "/.well-known/acme-challenge/"
+	"github.com/ingress-acme/ingress-acme/core"
+)
 
 // JournalAnnotation on an Ingress lists the challenge paths we inserted into it
 // and have not removed yet. It is written in the same Update as the paths, so it
@@ -23,10 +22,13 @@ type Entry struct {
 	Secret string `json:"secret"` // the certificate's Secret name, in the Ingress's namespace
 	Host   string `json:"host"`
 	Token  string `json:"token"`
+	// Order is the URL of the order the token belongs to, so that whoever
+	// finds the entry can continue that order instead of placing a new one.
+	Order string `json:"order,omitempty"`
 }
 
 // Path is the URL path the entry's challenge is served at.
-func (e Entry) Path() string { return ChallengePathPrefix + e.Token }
+func (e Entry) Path() string { return core.ChallengePathPrefix + e.Token }
 
 // readJournal returns the entries journalled on ing, none when it has no journal.
 // An unparsable journal is an error.
@@ -108,7 +110,7 @@ func insertPaths(ing *networkingv1.Ingress, entries []Entry, service string, pat
 func removePaths(ing *networkingv1.Ingress, secret, service string) bool {
 	journal, err := readJournal(ing)
 	ours := func(p networkingv1.HTTPIngressPath, host string) bool {
-		if p.Backend.Service == nil || p.Backend.Service.Name != service || !strings.HasPrefix(p.Path, ChallengePathPrefix) {
+		if p.Backend.Service == nil || p.Backend.Service.Name != service || !strings.HasPrefix(p.Path, core.ChallengePathPrefix) {
 			return false
 		}
 		if err != nil {

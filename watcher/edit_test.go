@@ -8,6 +8,8 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 const solverSvc = "ingress-acme-solver"
@@ -43,7 +45,7 @@ func fxJournal(t *testing.T, ing *networkingv1.Ingress) []Entry {
 	return entries
 }
 
-func chal(token string) string { return ChallengePathPrefix + token }
+func chal(token string) string { return core.ChallengePathPrefix + token }
 
 func TestEntryPath(t *testing.T) {
 	if got, want := (Entry{Token: "abc"}).Path(), "/.well-known/acme-challenge/abc"; got != want {

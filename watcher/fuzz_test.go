@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // FuzzParseOptions gives parseOptions arbitrary annotation values: it must never
@@ -49,8 +51,8 @@ func FuzzParseOptions(f *testing.F) {
 		o, problems := parseOptions(ing)
 
 		// Every option is valid, whatever the input.
-		if !slices.Contains(KeyTypes, o.keyType) {
-			t.Fatalf("got key type %q, want one of %v", o.keyType, KeyTypes)
+		if !slices.Contains(core.KeyTypes(), o.keyType) {
+			t.Fatalf("got key type %q, want one of %v", o.keyType, core.KeyTypes())
 		}
 		if !slices.Contains(pathTypes, o.pathType) {
 			t.Fatalf("got path type %q, want one of %v", o.pathType, pathTypes)
@@ -99,7 +101,7 @@ func FuzzParseOptions(f *testing.F) {
 				}
 			}
 		}
-		check(AnnotationKeyType, present&hasKeyType != 0, keyType, o.keyType, KeyTypes[0])
+		check(AnnotationKeyType, present&hasKeyType != 0, keyType, string(o.keyType), string(core.KeyTypes()[0]))
 		check(AnnotationPathType, present&hasPathType != 0, pathType, string(o.pathType), string(networkingv1.PathTypeExact))
 		check(AnnotationProfile, present&hasProfile != 0, profile, o.profile, "")
 
@@ -197,7 +199,7 @@ func FuzzValidateHost(f *testing.F) {
 // routes, including a challenge path of their own to their own Service.
 func fuzzJournalIngress() *networkingv1.Ingress {
 	ing := fxIngress("web", "a.example.com", "b.example.com")
-	ing.Spec.Rules = append(ing.Spec.Rules, fxRule("a.example.com", "/second", ChallengePathPrefix+"users-own"))
+	ing.Spec.Rules = append(ing.Spec.Rules, fxRule("a.example.com", "/second", core.ChallengePathPrefix+"users-own"))
 	ing.Spec.Rules = append(ing.Spec.Rules, networkingv1.IngressRule{Host: "c.example.com"})
 	return ing
 }
@@ -292,7 +294,7 @@ func FuzzJournal(f *testing.F) {
 				t.Fatalf("got an empty rule for %q left, want it dropped", r.Host)
 			}
 			for _, p := range r.HTTP.Paths {
-				if p.Backend.Service != nil && p.Backend.Service.Name == solverSvc && strings.HasPrefix(p.Path, ChallengePathPrefix) {
+				if p.Backend.Service != nil && p.Backend.Service.Name == solverSvc && strings.HasPrefix(p.Path, core.ChallengePathPrefix) {
 					t.Fatalf("got %s on %q left after removing everything: %s", p.Path, r.Host, fxLayout(ing))
 				}
 			}

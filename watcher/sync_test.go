@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/ingress-acme/ingress-acme/core"
 	"github.com/ingress-acme/ingress-acme/metrics"
 	"github.com/ingress-acme/ingress-acme/secrets"
 )
@@ -41,22 +43,24 @@ type fakeIssuer struct {
 	pathsSeen []string
 }
 
-func (f *fakeIssuer) Issue(ctx context.Context, hosts []string, key crypto.Signer, _ *x509.Certificate, _ string, present PresentFunc) ([]byte, error) {
+func (f *fakeIssuer) Order(_ context.Context, req core.OrderRequest) (core.Order, error) {
 	f.mu.Lock()
 	f.orders++
 	f.mu.Unlock()
-	var chs []Challenge
-	for _, h := range hosts {
-		chs = append(chs, Challenge{Host: h, Token: "tok-" + strings.ReplaceAll(h, ".", "-"), KeyAuth: "ka"})
+	o := core.Order{URL: fmt.Sprintf("https://ca.test/order/%d", f.count()), Hosts: req.Hosts, Replacing: req.Replaces != nil}
+	for _, h := range req.Hosts {
+		o.Challenges = append(o.Challenges, core.Challenge{Host: h, Token: "tok-" + strings.ReplaceAll(h, ".", "-"), KeyAuth: "ka"})
 	}
-	if err := present(ctx, chs); err != nil {
-		return nil, err
-	}
+	return o, nil
+}
+
+// Validate records the challenge paths in the Ingresses, as the CA would see them.
+func (f *fakeIssuer) Validate(ctx context.Context, _ core.Order) error {
 	ings, _ := f.client.NetworkingV1().Ingresses("ns").List(ctx, metav1.ListOptions{})
 	for _, ing := range ings.Items {
 		for _, r := range ing.Spec.Rules {
 			for _, p := range r.HTTP.Paths {
-				if strings.HasPrefix(p.Path, ChallengePathPrefix) {
+				if strings.HasPrefix(p.Path, core.ChallengePathPrefix) {
 					f.mu.Lock()
 					f.pathsSeen = append(f.pathsSeen, r.Host+p.Path)
 					f.mu.Unlock()
@@ -64,18 +68,20 @@ func (f *fakeIssuer) Issue(ctx context.Context, hosts []string, key crypto.Signe
 			}
 		}
 	}
-	if f.fail != nil {
-		return nil, f.fail
-	}
-	return selfSigned(f.t, hosts, key, time.Now().Add(-time.Hour), time.Now().Add(90*24*time.Hour)), nil
+	return f.fail
 }
 
-func (f *fakeIssuer) RenewalWindow(_ context.Context, cert *x509.Certificate) (time.Time, time.Time, bool, error) {
+func (f *fakeIssuer) Finalize(_ context.Context, o core.Order, key crypto.Signer) ([]byte, error) {
+	return selfSigned(f.t, o.Hosts, key, time.Now().Add(-time.Hour), time.Now().Add(90*24*time.Hour)), nil
+}
+
+func (f *fakeIssuer) RenewalWindow(_ context.Context, cert *x509.Certificate) (core.RenewalWindow, error) {
 	if f.window != nil {
-		s, e, ok := f.window(cert)
-		return s, e, ok, nil
+		if s, e, ok := f.window(cert); ok {
+			return core.RenewalWindow{Start: s, End: e}, nil
+		}
 	}
-	return time.Time{}, time.Time{}, false, nil
+	return core.RenewalWindow{}, nil
 }
 
 func (f *fakeIssuer) DirectoryURL() string { return "https://ca.test/dir" }
@@ -137,6 +143,7 @@ type fixture struct {
 	issuer   *fakeIssuer
 	chals    *fakeChallenges
 	recorder *record.FakeRecorder
+	last     result // of the last sync
 }
 
 func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
@@ -146,7 +153,7 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	c, err := New(Config{
 		Client: client, Issuer: f.issuer, Secrets: secrets.NewStore(client), Challenges: f.chals,
 		Solver: fakeSolver{}, SelfCheck: fakeSelfCheck{}, Metrics: metrics.New(prometheus.NewRegistry(), "test"),
-		SecretSelector: secrets.Selector, MaxOrdersPerHour: 3,
+		SecretSelector: core.Selector, MaxOrdersPerHour: 3,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -165,11 +172,23 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	return f
 }
 
-// sync runs one sync of key after the caches have caught up with the API.
+// sync runs one sync of key after the caches have caught up with the API, as
+// the worker does: when it starts an order, the order runs to its end and the
+// sync that its end brings collects the outcome.
 func (f *fixture) sync(t *testing.T, key string) (time.Duration, error) {
 	t.Helper()
 	f.waitCaches(t)
-	return f.c.sync(context.Background(), key)
+	r := f.c.sync(context.Background(), key)
+	f.c.flights.wait()
+	f.c.flights.mu.Lock()
+	_, finished := f.c.flights.finished[key]
+	f.c.flights.mu.Unlock()
+	if finished {
+		f.waitCaches(t)
+		r = f.c.sync(context.Background(), key)
+	}
+	f.last = r
+	return r.after, r.err
 }
 
 // waitCaches waits until the informers hold what the fake API server holds.
@@ -178,9 +197,9 @@ func (f *fixture) waitCaches(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		ings, _ := f.client.NetworkingV1().Ingresses("").List(context.Background(), metav1.ListOptions{})
-		secs, _ := f.client.CoreV1().Secrets("").List(context.Background(), metav1.ListOptions{LabelSelector: secrets.Selector})
+		secs, _ := f.client.CoreV1().Secrets("").List(context.Background(), metav1.ListOptions{LabelSelector: core.Selector})
 		cachedIngs, _ := f.c.ingresses.List(labelsEverything())
-		cachedSecs, _ := f.c.secrets.List(labelsEverything())
+		cachedSecs, _ := f.c.secretLister.List(labelsEverything())
 		if sameVersions(ings.Items, cachedIngs) && len(secs.Items) == len(cachedSecs) {
 			return
 		}
@@ -189,16 +208,19 @@ func (f *fixture) waitCaches(t *testing.T) {
 	t.Fatal("caches did not catch up")
 }
 
+// sameVersions reports whether the cache holds what the API holds (the fake
+// API server does not move resourceVersions on update: compare what sync reads).
 func sameVersions(api []networkingv1.Ingress, cached []*networkingv1.Ingress) bool {
 	if len(api) != len(cached) {
 		return false
 	}
-	rv := map[string]string{}
+	byName := map[string]*networkingv1.Ingress{}
 	for _, i := range cached {
-		rv[i.Name] = i.ResourceVersion
+		byName[i.Name] = i
 	}
 	for _, i := range api {
-		if rv[i.Name] != i.ResourceVersion {
+		c := byName[i.Name]
+		if c == nil || c.ResourceVersion != i.ResourceVersion || !sameForUs(c, &i) {
 			return false
 		}
 	}
@@ -377,7 +399,7 @@ func TestSyncFailureCleansUpAndBacksOff(t *testing.T) {
 	}
 	// The worker sets the backoff; a sync brought by an event meanwhile must
 	// not order again.
-	f.c.setRetry("ns/shop-tls", time.Minute)
+	f.c.settle(context.Background(), "ns/shop-tls", f.last)
 	requeue, err := f.sync(t, "ns/shop-tls")
 	if err != nil || requeue <= 0 || requeue > time.Minute {
 		t.Errorf("sync during backoff: got (%s, %v), want (the rest of the backoff, nil)", requeue, err)
@@ -411,7 +433,7 @@ func TestSyncRenewsInsideARIWindow(t *testing.T) {
 	f.issuer.window = func(*x509.Certificate) (time.Time, time.Time, bool) {
 		return time.Now().Add(-time.Hour), time.Now().Add(-time.Minute), true
 	}
-	f.c.stateFor("ns/shop-tls").serial = "" // forget the cached renewal time, as a recheck would
+	f.c.stateFor("ns/shop-tls").recheck = time.Time{} // time to ask the CA again
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)
 	}
@@ -451,7 +473,7 @@ func TestEnqueueIngressDropsUpdatesThatChangeNothingForUs(t *testing.T) {
 			tt.edit(next)
 			before := f.c.queue.Len()
 			f.c.cfg.Settle = 0
-			f.c.enqueueIngress(old, next)
+			f.c.ingressChanged(old, next)
 			deadline := time.Now().Add(time.Second)
 			for f.c.queue.Len() == before && tt.want > 0 && time.Now().Before(deadline) {
 				time.Sleep(time.Millisecond)

@@ -1,0 +1,161 @@
+package watcher
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
+)
+
+// reason is why a certificate is ordered; reasonNone: it is not.
+type reason int
+
+const (
+	reasonNone      reason = iota
+	reasonMissing          // no certificate yet
+	reasonUnusable         // the Secret holds no usable certificate
+	reasonHosts            // the certificate does not cover the hosts asked for
+	reasonKeyType          // another key type is asked for
+	reasonDirectory        // another CA is configured
+	reasonRenewal          // the certificate is due for renewal
+)
+
+func (r reason) String() string {
+	return [...]string{"up to date", "no certificate yet", "the Secret holds no usable certificate",
+		"hosts changed", "key type changed", "ACME directory changed", "renewal due"}[r]
+}
+
+// decision is step 1 of README's "How it works": whether, and why, to order.
+type decision struct {
+	why     reason
+	detail  string            // what made the certificate unusable
+	leaf    *x509.Certificate // the current certificate, nil if none is usable
+	renewAt time.Time         // when a usable, up-to-date leaf is due
+}
+
+// message is the decision as a user reads it in an Event.
+func (d decision) message() string {
+	if d.detail != "" {
+		return d.why.String() + ": " + d.detail
+	}
+	return d.why.String()
+}
+
+// decide judges the certificate in sec (nil: none) against d.
+func (c *Controller) decide(ctx context.Context, st *certState, d desired, sec *corev1.Secret) decision {
+	if sec == nil {
+		return decision{why: reasonMissing}
+	}
+	leaf, keyType, dir, err := c.cfg.Secrets.Read(sec)
+	switch {
+	case err != nil:
+		return decision{why: reasonUnusable, detail: err.Error()}
+	case !sameHosts(leaf.DNSNames, d.hosts):
+		return decision{why: reasonHosts, leaf: leaf}
+	case keyType != d.options.keyType:
+		return decision{why: reasonKeyType, leaf: leaf}
+	case dir != c.cfg.Issuer.DirectoryURL():
+		return decision{why: reasonDirectory, leaf: leaf}
+	}
+	at := c.renewAt(ctx, st, leaf)
+	if c.now().Before(at) {
+		return decision{leaf: leaf, renewAt: at}
+	}
+	return decision{why: reasonRenewal, leaf: leaf, renewAt: at}
+}
+
+// replacedMomentsAgo reports whether leaf is older than the certificate this
+// process stored last: the cache has not caught up with our own write yet.
+func (st *certState) replacedMomentsAgo(leaf *x509.Certificate) bool {
+	return leaf != nil && st.issued != nil && leaf.SerialNumber.String() != st.issued.serial &&
+		leaf.NotBefore.Before(st.issued.notBefore)
+}
+
+// renewAt is when leaf should be renewed: a random time in the CA's suggested
+// window when it offers one, else RenewBefore (or a third of the lifetime) ahead
+// of expiry, less a random jitter of up to 2% of the lifetime so that
+// certificates issued together do not renew together; never in the first half of
+// the lifetime unless the CA's window for this very certificate says so, and
+// always leaving a tenth of the lifetime for retries.
+//
+// The CA is asked at a random time within firstLook of first seeing a
+// certificate that is not due by the fallback (so a restart with many
+// certificates makes no burst of requests; one this process just issued waits
+// longer), then whenever it says to (its Retry-After), at most every ariRecheck.
+func (c *Controller) renewAt(ctx context.Context, st *certState, leaf *x509.Certificate) time.Time {
+	now := c.now()
+	serial := leaf.SerialNumber.String()
+	if st.serial == serial && now.Before(st.recheck) {
+		return st.renewAt
+	}
+	fallback := c.fallbackRenewAt(leaf)
+	if st.serial != serial && now.Before(fallback) {
+		lifetime := leaf.NotAfter.Sub(leaf.NotBefore)
+		wait := time.Duration(rand.Int64N(int64(min(firstLook, lifetime/20)) + 1))
+		if st.issued != nil && st.issued.serial == serial {
+			wait = min(ariRecheck, lifetime/2) // ours, just issued: nothing to ask the CA yet
+		}
+		st.serial, st.renewAt, st.recheck = serial, fallback, earlier(now.Add(wait), fallback)
+		return fallback
+	}
+	at, recheck := fallback, now.Add(ariRecheck)
+	w, err := c.cfg.Issuer.RenewalWindow(ctx, leaf)
+	var ra *core.RetryAfterError
+	switch {
+	case errors.As(err, &ra):
+		recheck = ra.At // the CA (or our own budget for it) asks us to wait
+	case err != nil:
+		c.log.Warn("renewal information unavailable, using the fallback", "serial", serial, "err", err)
+	case w.Offered():
+		at = w.Start.Add(time.Duration(rand.Int64N(int64(w.End.Sub(w.Start)) + 1)))
+		if w.RetryAfter.After(now) {
+			recheck = w.RetryAfter
+		}
+	}
+	lifetime := leaf.NotAfter.Sub(leaf.NotBefore)
+	if latest := leaf.NotAfter.Add(-lifetime / 10); at.After(latest) {
+		at = latest
+	}
+	st.serial, st.renewAt, st.recheck = serial, at, earlier(recheck, at)
+	return at
+}
+
+// firstLook bounds how long after first seeing a certificate the CA is asked
+// about its renewal.
+const firstLook = time.Hour
+
+// fallbackRenewAt is when leaf is due without the CA's renewal information.
+func (c *Controller) fallbackRenewAt(leaf *x509.Certificate) time.Time {
+	lifetime := leaf.NotAfter.Sub(leaf.NotBefore)
+	before := c.cfg.RenewBefore
+	if before <= 0 || before >= lifetime {
+		before = lifetime / 3
+	}
+	at := leaf.NotAfter.Add(-before).Add(-time.Duration(rand.Int64N(int64(lifetime/50) + 1)))
+	return later(at, leaf.NotBefore.Add(lifetime/2))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// fingerprint identifies what d asks for, to tell when it changes.
+func fingerprint(d desired) string {
+	return strings.Join(d.hosts, ",") + "|" + string(d.options.keyType) + "|" + string(d.options.pathType) + "|" + d.options.profile
+}

@@ -1,0 +1,239 @@
+package watcher
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
+)
+
+// order is one order for one certificate, steps 2 to 7 of README's "How it
+// works", one method each; run drives them. An order runs in its own goroutine
+// (see flights) and touches no certState: what it found out is its result.
+type order struct {
+	c       *Controller
+	key     string
+	d       desired
+	why     decision
+	current *corev1.Secret // the Secret as last seen, nil if none
+	resume  string         // the journalled order URL to continue, "" for none
+	log     *slog.Logger
+	start   time.Time
+
+	placed    core.Order    // step 2
+	presented bool          // step 3 has begun: the Ingresses may hold our paths
+	privKey   crypto.Signer // step 5
+	chain     []byte        // step 5
+}
+
+// run places (or resumes) the order and sees it through; whatever happens, what
+// it presented is withdrawn before it returns (or, if the process dies first,
+// by the next sync, from the journal).
+func (o *order) run(ctx context.Context) result {
+	err := o.place(ctx)
+	if err == nil {
+		err = o.present(ctx)
+	}
+	if err == nil {
+		err = o.selfCheck(ctx)
+	}
+	if err == nil {
+		err = o.finalize(ctx)
+	}
+	if err == nil && !o.stillWanted() {
+		return o.abandon(ctx)
+	}
+	if err == nil {
+		err = o.store(ctx)
+	}
+	return o.restore(ctx, err)
+}
+
+// place is step 2: a new order, an ARI replacement when renewing, or the
+// journalled one continued.
+func (o *order) place(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err // stopping: no new order
+	}
+	req := core.OrderRequest{Hosts: o.d.hosts, Profile: o.d.options.profile, Resume: o.resume}
+	if o.why.why == reasonRenewal {
+		req.Replaces = o.why.leaf
+	}
+	placed, err := o.c.cfg.Issuer.Order(ctx, req)
+	if err != nil {
+		return fmt.Errorf("new order: %w", err)
+	}
+	o.placed = placed
+	o.log = o.log.With("order", placed.URL)
+	if req.Replaces != nil && !placed.Replacing {
+		o.c.event(o.d, corev1.EventTypeNormal, "NotReplacement", "the CA did not take the order as a replacement of the current certificate: ordered without it")
+	}
+	o.log.Info("order placed", "resumed", placed.Resumed, "challenges", len(placed.Challenges))
+	return nil
+}
+
+// present is step 3: the challenges answer through the Ingress.
+func (o *order) present(ctx context.Context) error {
+	if len(o.placed.Challenges) == 0 {
+		return nil // every authorization is valid already
+	}
+	for _, ch := range o.placed.Challenges {
+		if o.d.hostIngress[strings.ToLower(ch.Host)] == nil {
+			return fmt.Errorf("the CA asked to validate %s, which is not in the order", ch.Host)
+		}
+	}
+	if err := o.c.cfg.Solver.Ensure(ctx, o.d.namespace); err != nil {
+		return err
+	}
+	o.presented = true
+	err := o.c.presenter.present(ctx, o.d, o.placed)
+	if err == nil {
+		o.c.cfg.Fault(core.FaultPathsInserted)
+	}
+	return err
+}
+
+// selfCheck is step 4: every challenge answers through the ingress, then the CA
+// is told to validate.
+func (o *order) selfCheck(ctx context.Context) error {
+	if len(o.placed.Challenges) == 0 {
+		return nil
+	}
+	if err := o.c.presenter.check(ctx, o.d, o.placed); err != nil {
+		o.c.cfg.Solver.Forget(o.d.namespace)
+		return err
+	}
+	o.c.cfg.Fault(core.FaultSelfChecked)
+	return o.c.cfg.Issuer.Validate(ctx, o.placed)
+}
+
+// finalize is step 5: a fresh key, and the certificate for it.
+func (o *order) finalize(ctx context.Context) error {
+	key, err := o.c.cfg.Secrets.NewKey(o.d.options.keyType)
+	if err != nil {
+		return err
+	}
+	chain, err := o.c.cfg.Issuer.Finalize(ctx, o.placed, key)
+	if err != nil {
+		return err
+	}
+	o.privKey, o.chain = key, chain
+	return nil
+}
+
+// stillWanted reports whether an Ingress still asks for the certificate (the
+// annotation may have been removed, or the Ingresses deleted, meanwhile).
+func (o *order) stillWanted() bool {
+	return slices.ContainsFunc(o.c.indexed(indexCert, o.key), optedIn)
+}
+
+// store is step 6: the Secret holds the certificate.
+func (o *order) store(ctx context.Context) error {
+	err := o.c.cfg.Secrets.Write(ctx, o.current, o.d.namespace, o.d.secret, o.chain, o.privKey, o.c.cfg.Issuer.DirectoryURL())
+	if err == nil {
+		o.c.cfg.Fault(core.FaultSecretWritten)
+	}
+	return err
+}
+
+// restore is step 7: the paths come out, in the same Update that makes spec.tls
+// name the Secret when the order succeeded. It reports the order's outcome.
+func (o *order) restore(ctx context.Context, err error) result {
+	o.c.cfg.Fault(core.FaultBeforeRestore)
+	cleanupCtx, cancel := cleanupContext(ctx)
+	defer cancel()
+	cleanup := o.c.presenter.withdraw(cleanupCtx, o.d, o.placed, o.presented, err == nil)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		o.log.Info("order interrupted by shutdown", "err", err)
+		return result{err: errors.Join(err, cleanup)}
+	case err != nil:
+		return o.failed(errors.Join(err, cleanup))
+	}
+	o.succeeded()
+	r := result{err: cleanup, issued: issuedOf(o.chain)}
+	if o.why.why == reasonRenewal {
+		r.refund = o.start
+	}
+	if cleanup != nil {
+		r.failed = fingerprint(o.d)
+	}
+	return r
+}
+
+// failed reports a failed order.
+func (o *order) failed(err error) result {
+	o.c.cfg.Metrics.Issuance(o.kind(), "failure", o.c.now().Sub(o.start))
+	o.c.event(o.d, corev1.EventTypeWarning, "Failed", "certificate order failed: "+err.Error())
+	return result{err: err, failed: fingerprint(o.d)}
+}
+
+// succeeded tells of a stored certificate.
+func (o *order) succeeded() {
+	took := o.c.now().Sub(o.start)
+	o.c.cfg.Metrics.Issuance(o.kind(), "success", took)
+	notAfter := "?"
+	if l := parseLeaf(o.chain); l != nil {
+		notAfter = l.NotAfter.UTC().Format(time.RFC3339)
+	}
+	verb, reasonName := "issued", "Issued"
+	if o.kind() == "renew" {
+		verb, reasonName = "renewed", "Renewed"
+	}
+	o.log.Info("certificate "+verb, "took", took.String(), "not_after", notAfter)
+	o.c.event(o.d, corev1.EventTypeNormal, reasonName, fmt.Sprintf("certificate for %s %s in %s, stored in Secret %s, valid until %s",
+		strings.Join(o.d.hosts, ", "), verb, took.Round(time.Millisecond), o.d.secret, notAfter))
+}
+
+// abandon cleans up after an order whose certificate nobody wants any more.
+func (o *order) abandon(ctx context.Context) result {
+	cleanupCtx, cancel := cleanupContext(ctx)
+	defer cancel()
+	o.log.Info("order abandoned: no Ingress asks for the certificate any more")
+	o.c.presenter.abandon(cleanupCtx, o.d, o.placed, o.presented)
+	return result{}
+}
+
+func (o *order) kind() string {
+	if o.why.leaf != nil {
+		return "renew"
+	}
+	return "issue"
+}
+
+// cleanupContext is for undoing our Ingress edits: it outlives ctx's cancellation
+// (a shutdown must not leave challenge paths behind) but not by more than 10 s.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+}
+
+// issuedOf identifies the leaf of chainPEM; nil if it does not parse.
+func issuedOf(chainPEM []byte) *issuedCert {
+	leaf := parseLeaf(chainPEM)
+	if leaf == nil {
+		return nil
+	}
+	return &issuedCert{serial: leaf.SerialNumber.String(), notBefore: leaf.NotBefore}
+}
+
+func parseLeaf(chainPEM []byte) *x509.Certificate {
+	block, _ := pem.Decode(chainPEM)
+	if block == nil {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil
+	}
+	return leaf
+}

@@ -1,0 +1,73 @@
+package watcher
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
+)
+
+// Issuer is where certificates come from (an ACME CA today; a second CA or an
+// internal CA next): one method per step of an order. It must be safe for
+// concurrent use. Any error after which the CA asked us to wait is, or wraps, a
+// *core.RetryAfterError; the controller then backs off at least that long.
+type Issuer interface {
+	// Order places an order for req, or continues req.Resume while the CA can
+	// still finish it (pending or ready). An order it can no longer finish
+	// (invalid, expired, unknown to the CA, or finalized with a key this process
+	// does not hold) is replaced by a new one. A replacement the CA refuses
+	// because of req.Replaces is placed again without it (Order.Replacing false).
+	Order(ctx context.Context, req core.OrderRequest) (core.Order, error)
+	// Validate tells the CA that o's challenges answer and waits until it has
+	// validated every authorization of o.
+	Validate(ctx context.Context, o core.Order) error
+	// Finalize sends the CA a request for o's hosts signed with key, waits for
+	// the certificate and returns its PEM chain, leaf first.
+	Finalize(ctx context.Context, o core.Order, key crypto.Signer) (chainPEM []byte, err error)
+	// RenewalWindow is the CA's renewal information for cert; a window that is
+	// not Offered, and no error, when the CA offers none.
+	RenewalWindow(ctx context.Context, cert *x509.Certificate) (core.RenewalWindow, error)
+	// DirectoryURL identifies the CA; certificates record it, and a change of
+	// CA re-issues them.
+	DirectoryURL() string
+}
+
+// Secrets reads and writes certificate Secrets.
+type Secrets interface {
+	// Get reads a Secret from the API server, nil when there is none.
+	Get(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+	// Read parses a certificate Secret: its leaf, key type and issuing directory.
+	Read(s *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, directory string, err error)
+	// Write stores chainPEM and key in namespace/name, updating current (as last
+	// seen, nil if none) and never a Secret that is not ours.
+	Write(ctx context.Context, current *corev1.Secret, namespace, name string, chainPEM []byte, key crypto.Signer, directory string) error
+	// NewKey generates a private key of keyType.
+	NewKey(keyType core.KeyType) (crypto.Signer, error)
+}
+
+// ChallengeServer answers the HTTP-01 challenges presented to it. Safe for
+// concurrent use.
+type ChallengeServer interface {
+	Present(host, token, keyAuth string)
+	Remove(token string)
+}
+
+// SolverService routes a namespace's challenge paths to the challenge server.
+type SolverService interface {
+	// Ensure makes the Service (and its endpoints) exist in namespace.
+	Ensure(ctx context.Context, namespace string) error
+	// Forget makes the next Ensure check again, after a challenge failed.
+	Forget(namespace string)
+	// Name is the Service's name.
+	Name() string
+}
+
+// SelfChecker checks that a challenge answers through the ingress, the way the
+// CA will ask for it. Check returns nil once it does; its error says what
+// answered instead.
+type SelfChecker interface {
+	Check(ctx context.Context, host, token, keyAuth string) error
+}
