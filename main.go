@@ -180,6 +180,7 @@ func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, 
 		Namespace:  cfg.Namespace,
 		Issuer:     issuer,
 		Secrets:    secrets.NewStore(client),
+		States:     secrets.NewStates(client, cfg.ControllerNamespace),
 		Challenges: challenges,
 		Solver: solver.NewServices(client, cfg.SolverService, solver.Endpoint{
 			Address: cfg.SolverAddress, AddressType: discoveryv1.AddressType(cfg.SolverAddressType), Port: solverPort,

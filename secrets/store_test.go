@@ -476,3 +476,35 @@ func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
 		}
 	})
 }
+
+func TestStatesRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset()
+	s := NewStates(client, "ctrl")
+	if err := s.Save(ctx, "ns/a-tls", []byte(`{"failures":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(ctx, "ns/a-tls", []byte(`{"failures":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(ctx, "ns/b-tls", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got["ns/a-tls"]) != `{"failures":2}` || len(got) != 2 {
+		t.Errorf("load: got %q, want the last record of each of 2 keys", got)
+	}
+	if err := s.Delete(ctx, "ns/a-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "ns/a-tls"); err != nil {
+		t.Errorf("deleting again: got %v, want nil", err)
+	}
+	got, _ = s.Load(ctx)
+	if _, ok := got["ns/a-tls"]; ok || len(got) != 1 {
+		t.Errorf("after delete: got %q, want only ns/b-tls", got)
+	}
+}

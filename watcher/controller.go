@@ -67,6 +67,9 @@ type Config struct {
 	Resync time.Duration
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
+	// States keeps each certificate's failures, backoff and recent orders
+	// across restarts and failovers; nil: in memory only.
+	States StateStore
 	// Fault, if set, is called at each step of an order named by the
 	// core.Fault* constants; tests make it crash the process there.
 	Fault func(point string)
@@ -85,8 +88,7 @@ type Controller struct {
 	ingressEvents *changes // fires when the Ingress cache changes an object
 	synced        []cache.InformerSynced
 	factories     []informers.SharedInformerFactory
-	queue         workqueue.TypedRateLimitingInterface[string]
-	limiter       workqueue.TypedRateLimiter[string]
+	queue         workqueue.TypedDelayingInterface[string]
 	recorder      record.EventRecorder
 	broadcaster   record.EventBroadcaster
 	flights       *flights // orders in flight, run outside the workers
@@ -138,8 +140,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, selector: selector, state: map[string]*certState{}, uncovered: map[string]string{}, ingressEvents: newChanges()}
 	c.presenter = &ingressPresenter{c: c}
-	c.limiter = workqueue.NewTypedItemExponentialFailureRateLimiter[string](cfg.RetryBase, cfg.RetryMax)
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(c.limiter, workqueue.TypedRateLimitingQueueConfig[string]{
+	c.queue = workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[string]{
 		Name: "certificates", MetricsProvider: cfg.Metrics.Workqueue(),
 	})
 	c.flights = newFlights(cfg.MaxOrdersInFlight, c.queue.Add)
@@ -198,6 +199,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	}()
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return errors.New("watcher: caches did not sync")
+	}
+	if err := c.loadStates(ctx); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	c.ready = true

@@ -425,6 +425,9 @@ func hostsWithoutTLS(ing *networkingv1.Ingress) []string {
 	if !optedIn(ing) || len(ing.Spec.TLS) == 0 {
 		return nil
 	}
+	if managed, ok := readManagedTLS(ing); ok && slices.ContainsFunc(ing.Spec.TLS, managed.owns) {
+		return nil // our entry: it follows the rule hosts
+	}
 	var out []string
 	for _, h := range ruleHostsOf(ing) {
 		covered := slices.ContainsFunc(ing.Spec.TLS, func(t networkingv1.IngressTLS) bool {

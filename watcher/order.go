@@ -40,6 +40,7 @@ type order struct {
 // it presented is withdrawn before it returns (or, if the process dies first,
 // by the next sync, from the journal).
 func (o *order) run(ctx context.Context) result {
+	o.announce()
 	err := o.place(ctx)
 	if err == nil {
 		err = o.present(ctx)
@@ -56,7 +57,18 @@ func (o *order) run(ctx context.Context) result {
 	if err == nil {
 		err = o.store(ctx)
 	}
-	return o.restore(ctx, err)
+	r := o.restore(ctx, err)
+	if o.placed.Resumed {
+		r.refund = o.start // no new order was placed
+	}
+	return r
+}
+
+// announce tells that the order starts, and why.
+func (o *order) announce() {
+	o.log.Info("ordering certificate", "reason", o.why.message(), "resume", o.resume)
+	o.c.event(o.d, corev1.EventTypeNormal, "Issuing", fmt.Sprintf("ordering a certificate for %s from %s (%s)",
+		strings.Join(o.d.hosts, ", "), o.c.cfg.Issuer.DirectoryURL(), o.why.message()))
 }
 
 // place is step 2: a new order, an ARI replacement when renewing, or the

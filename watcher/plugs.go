@@ -71,3 +71,14 @@ type SolverService interface {
 type SelfChecker interface {
 	Check(ctx context.Context, host, token, keyAuth string) error
 }
+
+// StateStore keeps a small record per certificate (key namespace/secretName)
+// that must outlive the process: its failures, backoff and recent orders.
+type StateStore interface {
+	// Load returns every record, by key.
+	Load(ctx context.Context) (map[string][]byte, error)
+	// Save stores data as the record of key.
+	Save(ctx context.Context, key string, data []byte) error
+	// Delete removes the record of key; none is no error.
+	Delete(ctx context.Context, key string) error
+}

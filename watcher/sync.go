@@ -84,6 +84,9 @@ func (c *Controller) reconcile(ctx context.Context, key, ns, name string) (r res
 		c.report(key, problems)
 		return result{healthy: true}, false
 	}
+	if err := c.releaseTakenOver(ctx, d); err != nil {
+		return result{err: err}, false
+	}
 	sec, err := c.secretFor(ctx, ns, name)
 	if err != nil {
 		return result{err: err}, false
@@ -125,7 +128,7 @@ func (c *Controller) dispatch(ctx context.Context, key string, st *certState, d 
 		return result{}, true // a slot's end wakes it, most urgent first
 	}
 	st.spend(now)
-	c.announce(st, o)
+	c.warnHostsDiffer(st, d)
 	return result{}, true
 }
 
@@ -137,17 +140,14 @@ func urgency(dec decision) time.Time {
 	return dec.leaf.NotAfter
 }
 
-// announce tells that o starts.
-func (c *Controller) announce(st *certState, o *order) {
-	d := o.d
+// warnHostsDiffer warns, once per desired state, that the Ingresses naming one
+// Secret ask for different hosts.
+func (c *Controller) warnHostsDiffer(st *certState, d desired) {
 	if fp := fingerprint(d); d.mismatch && st.warnedOn != fp {
 		st.warnedOn = fp
 		c.event(d, corev1.EventTypeWarning, "HostsDiffer", fmt.Sprintf(
 			"Ingresses naming Secret %s ask for different hosts: one certificate for all of them is ordered (%s)", d.secret, strings.Join(d.hosts, ", ")))
 	}
-	o.log.Info("ordering certificate", "reason", o.why.message(), "resume", o.resume)
-	c.event(d, corev1.EventTypeNormal, "Issuing", fmt.Sprintf("ordering a certificate for %s from %s (%s)",
-		strings.Join(d.hosts, ", "), c.cfg.Issuer.DirectoryURL(), o.why.message()))
 }
 
 // observe sets the certificate's metrics from the decision.
@@ -167,6 +167,21 @@ func (c *Controller) report(key string, problems []problem) {
 		c.recorder.Event(p.ingress, corev1.EventTypeWarning, p.reason, p.message)
 		c.cfg.Metrics.Problem(p.reason)
 	}
+}
+
+// releaseTakenOver lets go of the spec.tls entries we added that their users
+// have edited since (see releaseTLS), whatever else happens to the certificate.
+func (c *Controller) releaseTakenOver(ctx context.Context, d desired) error {
+	for _, ing := range d.ingresses {
+		if !releaseTLS(ing.DeepCopy()) {
+			continue
+		}
+		if err := c.finish(ctx, d, nil, false); err != nil {
+			return err
+		}
+		return nil // finish went through every Ingress of d
+	}
+	return nil
 }
 
 // reportHostsWithoutTLS tells, once per change, of rule hosts that an opted-in

@@ -192,6 +192,11 @@ func (tb *Testbed) NewController(ctx context.Context, opts ControllerOptions) (*
 		"--self-check-address", tb.IngressHTTP,
 		"--leader-election-id", "testbed-" + opts.Namespace,
 		"--log-format", "json",
+		// The test CA has no rate limits, and tests start many controllers and
+		// orders: lift the client-side CA budget (opts.Extra may set it again).
+		"--acme-requests-per-second", "1000", "--acme-request-burst", "1000",
+		"--acme-new-orders-per-3h", "1000000", "--acme-new-accounts-per-3h", "1000",
+		"--acme-renewal-info-per-second", "1000",
 	}, opts.Extra...)
 	return c, nil
 }

@@ -1,0 +1,173 @@
+package watcher
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// fakeStates keeps records in memory, shared between controllers as the API is.
+type fakeStates struct {
+	// mu guards m.
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+func (f *fakeStates) Load(context.Context) (map[string][]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string][]byte{}
+	for k, v := range f.m {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (f *fakeStates) Save(_ context.Context, key string, data []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.m[key] = data
+	return nil
+}
+
+func (f *fakeStates) Delete(_ context.Context, key string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.m, key)
+	return nil
+}
+
+func TestBackoffSurvivesRestart(t *testing.T) {
+	states := &fakeStates{m: map[string][]byte{}}
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	f.c.cfg.States = states
+	f.issuer.fail = errors.New("unreachable")
+	if _, err := f.sync(t, "ns/shop-tls"); err == nil {
+		t.Fatal("sync: got nil, want the order's failure")
+	}
+	f.c.settle(context.Background(), "ns/shop-tls", f.last)
+	if len(states.m) != 1 {
+		t.Fatalf("saved states: got %d, want 1 after a failure", len(states.m))
+	}
+
+	// A new process on the same cluster: the backoff holds.
+	g := newFixture(t)
+	g.client = f.client
+	g.c.cfg.Client = f.client
+	g.c.cfg.States = states
+	if err := g.c.loadStates(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := g.c.stateFor("ns/shop-tls")
+	if st.failures != 1 || st.backingOff(st.failedFor, time.Now()) <= 0 {
+		t.Errorf("after restart: failures %d, backing off %v; want 1 and the rest of the backoff", st.failures, st.backingOff(st.failedFor, time.Now()))
+	}
+	if len(st.orders) != 1 {
+		t.Errorf("after restart: orders this hour %d, want 1 (the cap holds across restarts)", len(st.orders))
+	}
+
+	// Once healthy, the record goes.
+	g.c.settle(context.Background(), "ns/shop-tls", result{healthy: true})
+	if len(states.m) != 0 || st.failures != 0 {
+		t.Errorf("after recovery: states %v, failures %d; want none", states.m, st.failures)
+	}
+}
+
+func TestSyncNeverJudgesACertificateReplacedMomentsAgo(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	st := f.c.stateFor("ns/shop-tls")
+	// As if this process had just stored a newer certificate the cache does
+	// not hold yet, and the cached one were due.
+	st.issued = &issuedCert{serial: "newer", notBefore: time.Now().Add(time.Minute)}
+	st.renewAt, st.recheck = time.Now().Add(-time.Second), time.Now().Add(time.Hour)
+	requeue, err := f.sync(t, "ns/shop-tls")
+	if err != nil || requeue <= 0 || requeue > 2*time.Second {
+		t.Errorf("sync: got (%s, %v), want a short wait for the cache", requeue, err)
+	}
+	if got := f.issuer.count(); got != 1 {
+		t.Errorf("orders: got %d, want 1 (no renewal of a certificate already replaced)", got)
+	}
+}
+
+func TestOnTimeRenewalDoesNotCountAgainstTheCap(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	for i := range 5 { // MaxOrdersPerHour is 3 in the fixture
+		if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+			t.Fatal(err)
+		}
+		st := f.c.stateFor("ns/shop-tls")
+		st.renewAt, st.recheck = time.Now().Add(-time.Second), time.Now().Add(time.Hour) // due again
+		if got := f.issuer.count(); got != i+1 {
+			t.Fatalf("round %d: orders %d, want %d", i, got, i+1)
+		}
+	}
+	if evs := strings.Join(f.events(), "\n"); strings.Contains(evs, "OrderLimit") {
+		t.Errorf("events: got %q, want no OrderLimit for renewals on time", evs)
+	}
+}
+
+func TestAddedSpecTLSFollowsRuleHosts(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	f.c.cfg.MaxOrdersPerHour = 10
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	edit := func(change func(*networkingv1.Ingress)) {
+		t.Helper()
+		ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
+		change(ing)
+		if _, err := f.client.NetworkingV1().Ingresses("ns").Update(context.Background(), ing, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tlsHosts := func() []string {
+		ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
+		return ing.Spec.TLS[0].Hosts
+	}
+	// A host added to the rules: one order for both, spec.tls follows.
+	edit(func(i *networkingv1.Ingress) { i.Spec.Rules = append(i.Spec.Rules, ingress("x", nil, "b.test").Spec.Rules...) })
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 2 || !sameHosts(tlsHosts(), []string{"a.test", "b.test"}) {
+		t.Errorf("host added: orders %d, spec.tls hosts %v; want 2 and both hosts", got, tlsHosts())
+	}
+	// A host removed: re-issued without it.
+	edit(func(i *networkingv1.Ingress) { i.Spec.Rules = i.Spec.Rules[:1] })
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 3 || !sameHosts(tlsHosts(), []string{"a.test"}) {
+		t.Errorf("host removed: orders %d, spec.tls hosts %v; want 3 and a.test only", got, tlsHosts())
+	}
+	// The user edits the entry: it is theirs from then on.
+	edit(func(i *networkingv1.Ingress) {
+		i.Spec.TLS[0].Hosts = []string{"a.test", "c.test"}
+		i.Spec.Rules = append(i.Spec.Rules, ingress("x", nil, "d.test").Spec.Rules...)
+	})
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
+	if _, ok := ing.Annotations[AnnotationManagedTLS]; ok || !sameHosts(tlsHosts(), []string{"a.test", "c.test"}) {
+		t.Errorf("user took over: annotation %q, hosts %v; want no record and the user's hosts", ing.Annotations[AnnotationManagedTLS], tlsHosts())
+	}
+	evs := strings.Join(f.events(), "\n")
+	if strings.Contains(evs, `covers "b.test"`) {
+		t.Errorf("events: got %q, want no HostWithoutTLS for a host our entry follows", evs)
+	}
+	for _, want := range []string{"Normal TLSOwnedByUser", "Normal HostWithoutTLS", "d.test"} {
+		if !strings.Contains(evs, want) {
+			t.Errorf("events: got %q, want %q", evs, want)
+		}
+	}
+}
