@@ -64,8 +64,6 @@ func TestFlightsServeMostUrgentFirst(t *testing.T) {
 	}
 }
 
-
-
 func TestFlightsReleaseGivesTheSlotOn(t *testing.T) {
 	woke := make(chan string, 4)
 	f := newFlights(1, func(k string) { woke <- k })

@@ -134,7 +134,9 @@ func TestAddedSpecTLSFollowsRuleHosts(t *testing.T) {
 		return ing.Spec.TLS[0].Hosts
 	}
 	// A host added to the rules: one order for both, spec.tls follows.
-	edit(func(i *networkingv1.Ingress) { i.Spec.Rules = append(i.Spec.Rules, ingress("x", nil, "b.test").Spec.Rules...) })
+	edit(func(i *networkingv1.Ingress) {
+		i.Spec.Rules = append(i.Spec.Rules, ingress("x", nil, "b.test").Spec.Rules...)
+	})
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)
 	}
