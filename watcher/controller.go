@@ -116,6 +116,24 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil || selector.Empty() {
 		return nil, fmt.Errorf("watcher: secret selector %q: must select our Secrets", cfg.SecretSelector)
 	}
+	cfg = withDefaults(cfg)
+	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, selector: selector, state: map[string]*certState{}, uncovered: map[string]string{}, ingressEvents: newChanges()}
+	c.presenter = &ingressPresenter{c: c}
+	c.queue = workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[string]{
+		Name: "certificates", MetricsProvider: cfg.Metrics.Workqueue(),
+	})
+	c.flights = newFlights(cfg.MaxOrdersInFlight, c.queue.Add)
+
+	if err := c.watch(); err != nil {
+		return nil, err
+	}
+	c.broadcaster = record.NewBroadcaster(record.WithContext(context.Background()))
+	c.recorder = c.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ingress-acme"})
+	return c, nil
+}
+
+// withDefaults fills in what cfg leaves unset.
+func withDefaults(cfg Config) Config {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -138,13 +156,13 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.MaxOrdersInFlight <= 0 {
 		cfg.MaxOrdersInFlight = 100
 	}
-	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, selector: selector, state: map[string]*certState{}, uncovered: map[string]string{}, ingressEvents: newChanges()}
-	c.presenter = &ingressPresenter{c: c}
-	c.queue = workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[string]{
-		Name: "certificates", MetricsProvider: cfg.Metrics.Workqueue(),
-	})
-	c.flights = newFlights(cfg.MaxOrdersInFlight, c.queue.Add)
+	return cfg
+}
 
+// watch sets up the informers: Ingresses, indexed by the certificates they ask
+// for and journal, and our own Secrets, selected by label.
+func (c *Controller) watch() error {
+	cfg := c.cfg
 	ingFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithNamespace(cfg.Namespace))
 	secFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithNamespace(cfg.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = cfg.SecretSelector }))
@@ -154,31 +172,28 @@ func New(cfg Config) (*Controller, error) {
 		indexCert:    func(obj any) ([]string, error) { return certKeys(obj.(*networkingv1.Ingress)), nil },
 		indexJournal: func(obj any) ([]string, error) { return journalKeys(obj.(*networkingv1.Ingress)), nil },
 	}); err != nil {
-		return nil, fmt.Errorf("watcher: indexers: %w", err)
+		return fmt.Errorf("watcher: indexers: %w", err)
 	}
 	if _, err := ingInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.ingressChanged(nil, obj) },
 		UpdateFunc: c.ingressChanged,
 		DeleteFunc: c.ingressDeleted,
 	}); err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := secInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueueSecret(nil, obj) },
 		UpdateFunc: c.enqueueSecret,
 		DeleteFunc: func(obj any) { c.enqueueSecret(nil, obj) },
 	}); err != nil {
-		return nil, err
+		return err
 	}
 	c.ingresses = ingInformer.Lister()
 	c.ingIndexer = ingInformer.Informer().GetIndexer()
 	c.secretLister = secInformer.Lister()
 	c.synced = []cache.InformerSynced{ingInformer.Informer().HasSynced, secInformer.Informer().HasSynced}
 	c.factories = []informers.SharedInformerFactory{ingFactory, secFactory}
-
-	c.broadcaster = record.NewBroadcaster(record.WithContext(context.Background()))
-	c.recorder = c.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ingress-acme"})
-	return c, nil
+	return nil
 }
 
 // Run starts the informers, waits for their caches, and runs the workers until
