@@ -92,9 +92,12 @@ func (s *Store) Put(ctx context.Context, current, desired *corev1.Secret) error 
 	return nil
 }
 
-// Read parses a certificate Secret (see Parse) and returns its leaf, key type
+// Read parses a certificate Secret (see Parse; or one Summarize made) and returns its leaf, key type
 // ("" for a key of a type not in core.KeyTypes) and issuing directory.
 func (s *Store) Read(sec *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, directory string, err error) {
+	if leaf, keyType, ok, err := readSummary(sec); ok {
+		return leaf, keyType, sec.Annotations[AnnotationDirectory], err
+	}
 	c, err := Parse(sec)
 	if err != nil {
 		return nil, "", "", err

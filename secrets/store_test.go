@@ -508,3 +508,40 @@ func TestStatesRoundTrip(t *testing.T) {
 		t.Errorf("after delete: got %q, want only ns/b-tls", got)
 	}
 }
+
+func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
+	now := time.Now()
+	tc := newTestCert(t, core.RSA2048, []string{"a.example.com"}, now, now.Add(time.Hour))
+	full, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir")
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := Summarize(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := obj.(*corev1.Secret)
+	if _, has := sum.Data[corev1.TLSPrivateKeyKey]; has {
+		t.Error("summary keeps the private key, want it dropped")
+	}
+	if len(sum.Data[corev1.TLSCertKey]) >= len(full.Data[corev1.TLSCertKey]) {
+		t.Errorf("summary tls.crt: %d bytes, want only the leaf (less than the chain's %d)", len(sum.Data[corev1.TLSCertKey]), len(full.Data[corev1.TLSCertKey]))
+	}
+	s := NewStore(fake.NewClientset())
+	leaf, kt, dir, err := s.Read(sum)
+	if err != nil || !leaf.Equal(tc.leaf) || kt != core.RSA2048 || dir != "https://ca.example/dir" {
+		t.Errorf("read of summary: got %v %q %q %v, want the leaf, rsa-2048, the directory", leaf, kt, dir, err)
+	}
+
+	broken := full.DeepCopy()
+	broken.Data[corev1.TLSPrivateKeyKey] = []byte("junk")
+	obj, _ = Summarize(broken)
+	_, _, _, fullErr := s.Read(broken)
+	if _, _, _, err := s.Read(obj.(*corev1.Secret)); err == nil || fullErr == nil || err.Error() != fullErr.Error() {
+		t.Errorf("read of a broken summary: got %v, want the full read's error %v", err, fullErr)
+	}
+	other := &corev1.Secret{Type: corev1.SecretTypeOpaque, Data: map[string][]byte{"x": []byte("y")}}
+	if obj, _ := Summarize(other); obj != other {
+		t.Error("a Secret that is not kubernetes.io/tls was changed, want it passed through")
+	}
+}

@@ -46,6 +46,9 @@ type Config struct {
 
 	// SecretSelector selects the Secrets we own (label selector syntax).
 	SecretSelector string
+	// SecretTransform, if set, turns each Secret into what the cache keeps of
+	// it (say, only what Secrets.Read needs); Read must understand the result.
+	SecretTransform cache.TransformFunc
 	// DefaultProfile is the CA profile ordered when an Ingress names none; ""
 	// leaves it to the CA.
 	DefaultProfile string
@@ -180,6 +183,11 @@ func (c *Controller) watch() error {
 		DeleteFunc: c.ingressDeleted,
 	}); err != nil {
 		return err
+	}
+	if cfg.SecretTransform != nil {
+		if err := secInformer.Informer().SetTransform(cfg.SecretTransform); err != nil {
+			return fmt.Errorf("watcher: secret transform: %w", err)
+		}
 	}
 	if _, err := secInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueueSecret(nil, obj) },

@@ -153,7 +153,7 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	c, err := New(Config{
 		Client: client, Issuer: f.issuer, Secrets: secrets.NewStore(client), Challenges: f.chals,
 		Solver: fakeSolver{}, SelfCheck: fakeSelfCheck{}, Metrics: metrics.New(prometheus.NewRegistry(), "test"),
-		SecretSelector: core.Selector, MaxOrdersPerHour: 3,
+		SecretSelector: core.Selector, SecretTransform: secrets.Summarize, MaxOrdersPerHour: 3,
 	})
 	if err != nil {
 		t.Fatal(err)

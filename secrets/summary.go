@@ -1,0 +1,59 @@
+package secrets
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
+)
+
+// summaryKey holds, in a summarized Secret's Data, the key type of a usable
+// certificate or "error: " and why it is not usable. It never reaches the API:
+// writes replace Data whole.
+const summaryKey = "ingress-acme.io/summary"
+
+// Summarize is an informer transform (client-go's cache.TransformFunc) that
+// keeps of a certificate Secret only what deciding on it needs: its metadata
+// (no managed fields), its leaf certificate, and a summary of its key. The
+// private key and the rest of the chain never sit in the cache, so memory grows
+// slowly with the number of certificates. Anything else passes unchanged. Read
+// understands both forms.
+func Summarize(obj any) (any, error) {
+	s, ok := obj.(*corev1.Secret)
+	if !ok || s.Type != corev1.SecretTypeTLS {
+		return obj, nil
+	}
+	out := &corev1.Secret{TypeMeta: s.TypeMeta, ObjectMeta: s.ObjectMeta, Type: s.Type}
+	out.ManagedFields = nil
+	c, err := Parse(s)
+	if err != nil {
+		out.Data = map[string][]byte{summaryKey: []byte("error: " + err.Error())}
+		return out, nil
+	}
+	out.Data = map[string][]byte{
+		corev1.TLSCertKey: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Leaf.Raw}),
+		summaryKey:        []byte(c.KeyType),
+	}
+	return out, nil
+}
+
+// readSummary reads a Secret that Summarize made; ok is false for any other.
+func readSummary(s *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, ok bool, err error) {
+	sum, has := s.Data[summaryKey]
+	if !has {
+		return nil, "", false, nil
+	}
+	if why, bad := strings.CutPrefix(string(sum), "error: "); bad {
+		return nil, "", true, errors.New(why)
+	}
+	chain, err := DecodeChain(s.Data[corev1.TLSCertKey])
+	if err != nil {
+		return nil, "", true, fmt.Errorf("%s: %w", corev1.TLSCertKey, err)
+	}
+	return chain[0], core.KeyType(sum), true, nil
+}
