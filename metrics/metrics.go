@@ -34,47 +34,81 @@ type Metrics struct {
 // version, on reg. It panics if reg already holds collectors of the same names,
 // which is a programming error.
 func New(reg prometheus.Registerer, version string) *Metrics {
+	m := &Metrics{}
+	m.addCertificateCollectors()
+	m.addOrderCollectors()
+	m.addRequestCollectors()
+	m.addProblemCollectors()
+	reg.MustRegister(m.certExpiry, m.certRenewal, m.certReady, m.issuances, m.orderDuration,
+		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, m.problems, m.hostsWithoutTLS,
+		buildInfo(version))
+	m.workqueue = newWorkqueueProvider(reg)
+	return m
+}
+
+// addCertificateCollectors creates the per-certificate gauges, labelled by the
+// Secret's namespace and name.
+func (m *Metrics) addCertificateCollectors() {
 	cert := []string{"namespace", "secret"}
-	m := &Metrics{
-		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "certificate_expiry_timestamp_seconds",
-			Help: "When the certificate in the Secret expires (not-after), as a Unix time. Only for certificates that exist.",
-		}, cert),
-		certRenewal: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "certificate_renewal_timestamp_seconds",
-			Help: "When the certificate is next due for renewal, as a Unix time. Only for certificates that exist.",
-		}, cert),
-		certReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "certificate_ready",
-			Help: "1 when the Secret holds a valid certificate for every host its Ingresses ask for, else 0. Only for certificates that exist.",
-		}, cert),
-		issuances: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "issuances_total",
-			Help: "Certificate orders completed, by kind (issue: no usable certificate before; renew) and outcome (success, failure).",
-		}, []string{"kind", "outcome"}),
-		orderDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "order_duration_seconds",
-			Help:    "Time from deciding to order a certificate to the Secret written (or the failure), by kind and outcome.",
-			Buckets: []float64{0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30, 60, 120, 300},
-		}, []string{"kind", "outcome"}),
-		acmeRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "acme_requests_total",
-			Help: "HTTP requests to the ACME CA, by endpoint kind and status code (0: no response).",
-		}, []string{"endpoint", "code"}),
-		acmeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "acme_request_duration_seconds",
-			Help:    "Duration of HTTP requests to the ACME CA, by endpoint kind.",
-			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
-		}, []string{"endpoint"}),
-		challengeRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "challenge_requests_total",
-			Help: "Requests to the HTTP-01 challenge server, by outcome (served, not_found, bad_request).",
-		}, []string{"outcome"}),
-		selfChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "self_checks_total",
-			Help: "Attempts to fetch a challenge through the ingress before asking the CA, by outcome (ok, fail).",
-		}, []string{"outcome"}),
+	m.certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "certificate_expiry_timestamp_seconds",
+		Help: "When the certificate in the Secret expires (not-after), as a Unix time. Only for certificates that exist.",
+	}, cert)
+	m.certRenewal = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "certificate_renewal_timestamp_seconds",
+		Help: "When the certificate is next due for renewal, as a Unix time. Only for certificates that exist.",
+	}, cert)
+	m.certReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "certificate_ready",
+		Help: "1 when the Secret holds a valid certificate for every host its Ingresses ask for, else 0. Only for certificates that exist.",
+	}, cert)
+}
+
+// addOrderCollectors creates the order counter and duration histogram, with
+// every kind and outcome started at 0.
+func (m *Metrics) addOrderCollectors() {
+	m.issuances = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "issuances_total",
+		Help: "Certificate orders completed, by kind (issue: no usable certificate before; renew) and outcome (success, failure).",
+	}, []string{"kind", "outcome"})
+	m.orderDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "order_duration_seconds",
+		Help:    "Time from deciding to order a certificate to the Secret written (or the failure), by kind and outcome.",
+		Buckets: []float64{0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30, 60, 120, 300},
+	}, []string{"kind", "outcome"})
+	// Start the outcome counters at 0, so that increase() sees the first one.
+	for _, kind := range []string{"issue", "renew"} {
+		for _, outcome := range []string{"success", "failure"} {
+			m.issuances.WithLabelValues(kind, outcome)
+			m.orderDuration.WithLabelValues(kind, outcome)
+		}
 	}
+}
+
+// addRequestCollectors creates the collectors of HTTP traffic: requests to the
+// ACME CA, to the challenge server, and self-checks through the ingress.
+func (m *Metrics) addRequestCollectors() {
+	m.acmeRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "acme_requests_total",
+		Help: "HTTP requests to the ACME CA, by endpoint kind and status code (0: no response).",
+	}, []string{"endpoint", "code"})
+	m.acmeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "acme_request_duration_seconds",
+		Help:    "Duration of HTTP requests to the ACME CA, by endpoint kind.",
+		Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+	}, []string{"endpoint"})
+	m.challengeRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "challenge_requests_total",
+		Help: "Requests to the HTTP-01 challenge server, by outcome (served, not_found, bad_request).",
+	}, []string{"outcome"})
+	m.selfChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "self_checks_total",
+		Help: "Attempts to fetch a challenge through the ingress before asking the CA, by outcome (ok, fail).",
+	}, []string{"outcome"})
+}
+
+// addProblemCollectors creates the collectors of problems the user must fix.
+func (m *Metrics) addProblemCollectors() {
 	m.problems = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "sync_problems_total",
 		Help: "Certificates not ordered because of a problem the user must fix, by reason (InvalidAnnotation, InvalidHost, NoHosts, ConflictingOptions, SecretNotOwned, OrderLimit).",
@@ -83,23 +117,18 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		Namespace: namespace, Name: "hosts_without_tls",
 		Help: "1 for each rule host of an opted-in Ingress that no spec.tls entry covers: it is served without TLS.",
 	}, []string{"namespace", "ingress", "host"})
-	// Start the outcome counters at 0, so that increase() sees the first one.
-	for _, kind := range []string{"issue", "renew"} {
-		for _, outcome := range []string{"success", "failure"} {
-			m.issuances.WithLabelValues(kind, outcome)
-			m.orderDuration.WithLabelValues(kind, outcome)
-		}
-	}
+}
+
+// buildInfo returns the build_info gauge, set to 1, labelled with version and
+// the Go version.
+func buildInfo(version string) prometheus.Gauge {
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help:        "Always 1; the labels tell the version and Go version.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	info.Set(1)
-	reg.MustRegister(m.certExpiry, m.certRenewal, m.certReady, m.issuances, m.orderDuration,
-		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, m.problems, m.hostsWithoutTLS, info)
-	m.workqueue = newWorkqueueProvider(reg)
-	return m
+	return info
 }
 
 // Handler serves the metrics gathered from g in the Prometheus text format.
