@@ -23,7 +23,6 @@ const ariRecheck = 6 * time.Hour
 // (schedule) by the worker from the result (see settle). It is idempotent:
 // whatever state a previous run or process left, running it again converges.
 func (c *Controller) sync(ctx context.Context, key string) result {
-	defer c.flights.release(key) // a slot reserved for key and not taken goes to the next
 	if err := ctx.Err(); err != nil {
 		return result{err: err} // stopping: the queue still hands out what it holds
 	}
@@ -36,10 +35,12 @@ func (c *Controller) sync(ctx context.Context, key string) result {
 		return result{} // the order's end queues the key again
 	}
 	if r, ok := c.collect(key); ok && r.err != nil {
+		c.flights.release(key)
 		return r
 	}
 	r, ordering := c.reconcile(ctx, key, ns, name)
 	if !ordering {
+		c.flights.release(key) // its place in line, and a slot reserved for it, go to the next
 		// No order for key is live now, so journalled paths for it are left
 		// over from a failed attempt or a process that died: remove them.
 		if err := c.removeLeftovers(ctx, key); err != nil {
