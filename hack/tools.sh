@@ -138,17 +138,45 @@ build_traefik() {
 	(cd "$w" && go mod tidy && go build -trimpath -ldflags="$LDFLAGS" -o "$1/traefik" github.com/traefik/traefik/v3/cmd/traefik)
 }
 
-install_prometheus() {
-	if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
-		log "prometheus, promtool: $(promtool --version 2>&1 | head -1)"
+build_haproxy_ingress() {
+	local w="$CACHE/src/haproxy-ingress" m=github.com/jcmoraisjr/haproxy-ingress
+	# A wrapper module: the proxy refuses the module's version list, which
+	# `go install MODULE@VERSION` asks for.
+	wrapper "$w" "$m@v$HAPROXY_INGRESS_VERSION" "$m/pkg"
+	(cd "$w" && go mod tidy && go build -trimpath -ldflags="$LDFLAGS" -o "$1/haproxy-ingress" "$m/pkg")
+	# It reads its templates from ./rootfs and haproxy's Lua scripts from the
+	# filesystem when it runs: keep a copy of the module's rootfs beside it.
+	cp -R "$(moddir "$m@v$HAPROXY_INGRESS_VERSION")/rootfs" "$1/rootfs"
+	chmod -R u+w "$1/rootfs"
+}
+
+build_skipper() {
+	# skipper needs a newer Go than the project's: the go command fetches
+	# SKIPPER_GOTOOLCHAIN from the module proxy and uses it for this build only.
+	(
+		export GOTOOLCHAIN=$SKIPPER_GOTOOLCHAIN
+		local w="$CACHE/src/skipper" m=github.com/zalando/skipper
+		wrapper "$w" "$m@v$SKIPPER_VERSION" "$m/cmd/skipper"
+		cd "$w" && go mod tidy && go build -trimpath -ldflags="$LDFLAGS" -o "$1/skipper" "$m/cmd/skipper"
+	)
+}
+
+# debian NAME CHECK VERSION PACKAGE...: unless the command CHECK succeeds,
+# install the Debian packages; one that starts a daemon where an init system
+# runs has it disabled again (the testbed starts its own). VERSION prints the
+# installed version.
+debian() {
+	local name=$1 check=$2 version=$3; shift 3
+	if eval "$check" >/dev/null 2>&1; then
+		log "$name: $(eval "$version" 2>&1 | head -1)"
 		return
 	fi
-	log "prometheus, promtool: installing Debian's prometheus package"
+	log "$name: installing Debian's $*"
 	local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
 	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-	# The package may start a daemon where an init system runs: ours start their own.
-	$sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+	local p
+	for p in "$@"; do $sudo systemctl disable --now "$p" >/dev/null 2>&1 || true; done
 	built=1
 }
 
@@ -157,6 +185,10 @@ install pebble "$PEBBLE_VERSION" build_pebble
 install etcd "$ETCD_VERSION" build_etcd
 install kubernetes "$KUBERNETES_VERSION" build_kubernetes
 install traefik "$TRAEFIK_VERSION" build_traefik
-install_prometheus
+install haproxy-ingress "$HAPROXY_INGRESS_VERSION" build_haproxy_ingress
+install skipper "$SKIPPER_VERSION" build_skipper
+debian "prometheus, promtool" "command -v promtool && command -v prometheus" "promtool --version" prometheus
+# haproxy-ingress runs haproxy, whose Lua scripts need lua-json.
+debian "haproxy, lua-json" "command -v haproxy && dpkg-query -W -f='\${Status}' lua-json | grep -q 'ok installed'" "haproxy -v" haproxy lua-json
 rm -rf "$CACHE/src"
 [ "$built" = 1 ] || log "all tools cached, nothing to do"

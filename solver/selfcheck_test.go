@@ -229,3 +229,191 @@ func TestSelfCheckRedirectLoop(t *testing.T) {
 		t.Errorf("got %v, want a too-many-redirects error", err)
 	}
 }
+
+// pathFake answers per path: the challenge path with challenge, anything else
+// with app.
+func pathFake(challenge, app reply) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rep := app
+		if strings.HasPrefix(r.URL.Path, ChallengePathPrefix) {
+			rep = challenge
+		}
+		w.WriteHeader(rep.code)
+		_, _ = w.Write([]byte(rep.body))
+	})
+}
+
+// quick makes c compare with the host's own path every 20 ms and give up after
+// giveUp of identical answers.
+func quick(c *SelfCheck, giveUp time.Duration) *SelfCheck {
+	c.compareEvery, c.giveUpAfter = 20*time.Millisecond, giveUp
+	return c
+}
+
+func TestSelfCheckDiagnosis(t *testing.T) {
+	const keyAuth = "tok.thumb"
+	tests := []struct {
+		name           string
+		challenge, app reply
+		timeout        time.Duration
+		wantEarly      bool // gives up before the timeout
+		want           []string
+	}{
+		{
+			name:      "Ingress not served at all",
+			challenge: reply{404, "404 page not found\n"}, app: reply{404, "404 page not found\n"},
+			timeout: 10 * time.Second, wantEarly: true,
+			want: []string{`status 404 "404 page not found"`, "gave up after", "answers the same: the Ingress is not served at all: is its class handled by a running controller?"},
+		},
+		{
+			name:      "only the challenge path fails",
+			challenge: reply{404, "default backend - 404"}, app: reply{200, "<html>\n<body>shop</body>\n</html>"},
+			timeout: 1500 * time.Millisecond,
+			want:    []string{`status 404 "default backend - 404"`, "still failing after", `GET http://app.example.com/ answers status 200 "<html> <body>shop</body> </html>": only the challenge path fails: path not routed / not yet programmed`},
+		},
+		{
+			name:      "wrong answer on the challenge path",
+			challenge: reply{200, "tok.other"}, app: reply{200, "shop"},
+			timeout: time.Second,
+			want:    []string{`status 200 with a body that is not the key authorization: "tok.other"`, "only the challenge path fails"},
+		},
+		{
+			name:      "the app's path catches the challenge path",
+			challenge: reply{200, "shop"}, app: reply{200, "shop"},
+			timeout: 10 * time.Second, wantEarly: true,
+			want: []string{`status 200 with a body that is not the key authorization: "shop"`, "answers the same: the app's own path catches the challenge path: our path is not routed"},
+		},
+		{
+			name:      "same 502 everywhere",
+			challenge: reply{502, "Bad Gateway"}, app: reply{502, "Bad Gateway"},
+			timeout: 10 * time.Second, wantEarly: true,
+			want: []string{`status 502 "Bad Gateway"`, "the Ingress is not served at all"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := httptest.NewServer(pathFake(tt.challenge, tt.app))
+			defer ts.Close()
+			c := quick(NewSelfCheck(ts.Listener.Addr().String(), tt.timeout, nil), 200*time.Millisecond)
+			start := time.Now()
+			err := c.Check(context.Background(), "app.example.com", "tok", keyAuth)
+			took := time.Since(start)
+			if err == nil {
+				t.Fatal("got nil, want an error")
+			}
+			msg := err.Error()
+			for _, w := range append(tt.want, "self-check http://app.example.com"+ChallengePathPrefix+"tok via "+ts.Listener.Addr().String()+": ") {
+				if !strings.Contains(msg, w) {
+					t.Errorf("got %q, want it to contain %q", msg, w)
+				}
+			}
+			if strings.ContainsAny(msg, "\n\r") {
+				t.Errorf("got %q, want one line", msg)
+			}
+			if early := took < tt.timeout; early != tt.wantEarly {
+				t.Errorf("gave up after %v with timeout %v: got early %v, want %v", took, tt.timeout, early, tt.wantEarly)
+			}
+		})
+	}
+}
+
+func TestSelfCheckKeepsWaitingWhileAnswersDiffer(t *testing.T) {
+	// The app's path answers, the challenge path not yet: that can still
+	// change (the path is being programmed), so no early give-up.
+	ts := httptest.NewServer(pathFake(reply{404, "not found"}, reply{200, "shop"}))
+	defer ts.Close()
+	const timeout = 600 * time.Millisecond
+	c := quick(NewSelfCheck(ts.Listener.Addr().String(), timeout, nil), 50*time.Millisecond)
+	start := time.Now()
+	if err := c.Check(context.Background(), "app.example.com", "tok", "tok.thumb"); err == nil {
+		t.Fatal("got nil, want an error")
+	}
+	if took := time.Since(start); took < timeout {
+		t.Errorf("gave up after %v, want the full %v", took, timeout)
+	}
+}
+
+func TestSelfCheckNothingListening(t *testing.T) {
+	ts := httptest.NewServer(http.NotFoundHandler())
+	addr := ts.Listener.Addr().String()
+	ts.Close()
+	c := quick(NewSelfCheck(addr, time.Second, nil), 50*time.Millisecond)
+	err := c.Check(context.Background(), "app.example.com", "tok", "tok.thumb")
+	if err == nil {
+		t.Fatal("got nil, want an error")
+	}
+	for _, w := range []string{"via " + addr, "no answer: ", "connection refused", "nothing answers at " + addr} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("got %q, want it to contain %q", err, w)
+		}
+	}
+}
+
+// redirectToTLS is an ingress whose HTTP side redirects every request to HTTPS
+// on the port of its TLS side, which answers with tlsReply.
+func redirectToTLS(t *testing.T, tlsReply reply) (httpAddr string) {
+	t.Helper()
+	secure := httptest.NewTLSServer(pathFake(tlsReply, reply{200, "shop"}))
+	t.Cleanup(secure.Close)
+	_, port, _ := strings.Cut(secure.Listener.Addr().String(), "127.0.0.1:")
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "https://"+r.Host+":"+port+r.URL.Path, http.StatusPermanentRedirect)
+	}))
+	t.Cleanup(plain.Close)
+	return plain.Listener.Addr().String()
+}
+
+func TestSelfCheckFollowsHTTPSRedirectToTheAddress(t *testing.T) {
+	// With an address set, the HTTPS side is reached on the same address's
+	// host, at the redirect's port, like the CA reaches the host.
+	addr := redirectToTLS(t, reply{200, "tok.thumb"})
+	c := NewSelfCheck(addr, 5*time.Second, nil)
+	if err := c.Check(context.Background(), "app.example.com", "tok", "tok.thumb"); err != nil {
+		t.Fatalf("got %v, want nil", err)
+	}
+}
+
+func TestSelfCheckNamesTheRedirect(t *testing.T) {
+	addr := redirectToTLS(t, reply{404, "no route"})
+	c := quick(NewSelfCheck(addr, 2*time.Second, nil), 50*time.Millisecond)
+	err := c.Check(context.Background(), "app.example.com", "tok", "tok.thumb")
+	if err == nil {
+		t.Fatal("got nil, want an error")
+	}
+	for _, w := range []string{"status 308 to https://app.example.com:", ChallengePathPrefix + "tok, then status 404 \"no route\"", `answers status 308 to https://app.example.com:`, "only the challenge path fails"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("got %q, want it to contain %q", err, w)
+		}
+	}
+}
+
+func TestTarget(t *testing.T) {
+	tests := []struct{ address, addr, want string }{
+		{"", "app.example.com:80", "app.example.com:80"},
+		{"10.0.0.1:8080", "app.example.com:80", "10.0.0.1:8080"},
+		{"10.0.0.1:8080", "app.example.com:443", "10.0.0.1:443"},
+		{"ingress.svc:80", "www.example.com:8443", "ingress.svc:8443"},
+		{"[::1]:80", "app.example.com:443", "[::1]:443"},
+	}
+	for _, tt := range tests {
+		if got := target(tt.address, tt.addr); got != tt.want {
+			t.Errorf("target(%q, %q): got %q, want %q", tt.address, tt.addr, got, tt.want)
+		}
+	}
+}
+
+func TestExcerpt(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"404 page not found\n", "404 page not found"},
+		{"<html>\r\n  <h1>502</h1>\t</html>", "<html> <h1>502</h1> </html>"},
+		{"a\x00b\x1bc", "a?b?c"},
+		{"\xff\xfeok", "?ok"},
+		{strings.Repeat("x", 100), strings.Repeat("x", 80) + "..."},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		if got := excerpt([]byte(tt.in)); got != tt.want {
+			t.Errorf("excerpt(%q): got %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -108,7 +108,8 @@ func (tb *Testbed) exposeLoopback(ctx context.Context, ns, name string, port int
 
 // HTTPClient returns a client that sends every request to Traefik, whatever
 // the URL's host: http:// URLs to IngressHTTP and https:// URLs to
-// IngressHTTPS. The URL's host is the Host header and the TLS server name, so
+// IngressHTTPS; or, for a host given a data plane with Route, to that data
+// plane's listeners. The URL's host is the Host header and the TLS server name, so
 // GET http://app.test/ reaches the Ingress for app.test. If host is not empty
 // it replaces the URL's host as Host header and server name.
 //
@@ -126,8 +127,10 @@ func (tb *Testbed) HTTPClientWithRoots(host string, roots *x509.CertPool) *http.
 	tr := &http.Transport{
 		Proxy:             nil,
 		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, network, tb.IngressHTTP)
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			h, _, _ := net.SplitHostPort(addr)
+			plain, _ := tb.ingressAddrs(h)
+			return dialer.DialContext(ctx, network, plain)
 		},
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			serverName := host
@@ -138,7 +141,9 @@ func (tb *Testbed) HTTPClientWithRoots(host string, roots *x509.CertPool) *http.
 				}
 				serverName = h
 			}
-			raw, err := dialer.DialContext(ctx, network, tb.IngressHTTPS)
+			h, _, _ := net.SplitHostPort(addr)
+			_, secure := tb.ingressAddrs(h)
+			raw, err := dialer.DialContext(ctx, network, secure)
 			if err != nil {
 				return nil, err
 			}

@@ -69,6 +69,7 @@ type process struct {
 	pidPath string
 	grace   time.Duration // SIGTERM grace before SIGKILL
 	timeout time.Duration // how long to wait for readiness
+	dir     string        // working directory ("": the test's)
 	// command returns the argv and extra environment (ports are allocated before).
 	command func() (argv []string, env []string)
 	// ready probes once whether the component serves; nil error means ready.
@@ -109,6 +110,7 @@ func (p *process) launch(sp *spawner, baseEnv []string) error {
 	fmt.Fprintf(logf, "=== %s testbed: starting %s\n", time.Now().Format(time.RFC3339Nano), shellQuote(argv))
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append([]string{}, baseEnv...), env...)
+	cmd.Dir = p.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := sp.start(cmd); err != nil {

@@ -134,6 +134,8 @@ type Testbed struct {
 	certDir, tokensFile, saKey, saPub     string
 	etcdData, traefikConfig, pebbleConfig string
 
+	dataPlanes dataPlanes // started by DataPlane, on first use
+
 	mu       sync.Mutex // guards procs' runs
 	sp       *spawner
 	procs    map[string]*process

@@ -30,6 +30,12 @@ type Tools struct {
 	PebbleCert    string // cert.pem: Pebble's serving certificate (localhost, 127.0.0.1)
 	PebbleKey     string // key.pem
 	Traefik       string
+
+	// Data planes besides Traefik, started on first use (Testbed.DataPlane);
+	// FindTools does not require them.
+	HAProxyIngress       string // haproxy-ingress; it runs Debian's haproxy from PATH
+	HAProxyIngressRootfs string // its module's rootfs/ (templates, Lua scripts)
+	Skipper              string
 }
 
 // RepoRoot walks up from the working directory to the folder that holds go.mod.
@@ -119,6 +125,10 @@ func FindTools(ctx context.Context, logf func(string, ...any)) (*Tools, error) {
 		PebbleCert:    filepath.Join(pebble, "cert.pem"),
 		PebbleKey:     filepath.Join(pebble, "key.pem"),
 		Traefik:       filepath.Join(traefik, "traefik"),
+
+		HAProxyIngress:       filepath.Join(dir("haproxy-ingress", "HAPROXY_INGRESS_VERSION"), "haproxy-ingress"),
+		HAProxyIngressRootfs: filepath.Join(dir("haproxy-ingress", "HAPROXY_INGRESS_VERSION"), "rootfs"),
+		Skipper:              filepath.Join(dir("skipper", "SKIPPER_VERSION"), "skipper"),
 	}
 	missing := t.missing(etcd, kube, pebble, traefik)
 	if len(missing) == 0 {
