@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // fuzzTokens are the live tokens of FuzzChallengeServer: token -> host, keyAuth.
@@ -28,19 +30,19 @@ func sameHost(header, host string) bool {
 // it must never panic, and answer 200 only to GET or HEAD of exactly a live
 // token's path on that token's host, with exactly its key authorization.
 func FuzzChallengeServer(f *testing.F) {
-	f.Add("GET", ChallengePathPrefix+token43, "a.example.com", "")
-	f.Add("HEAD", ChallengePathPrefix+token43, "A.EXAMPLE.COM:80", "")
-	f.Add("GET", ChallengePathPrefix+token43, "b.example.com", "")
-	f.Add("GET", ChallengePathPrefix+"t2", "b.example.com.", "")
-	f.Add("GET", ChallengePathPrefix+"t2", "b.example.com", "x=1")
-	f.Add("POST", ChallengePathPrefix+token43, "a.example.com", "")
-	f.Add("get", ChallengePathPrefix+token43, "a.example.com", "")
-	f.Add("GET", ChallengePathPrefix+token43+"/", "a.example.com", "")
-	f.Add("GET", ChallengePathPrefix, "a.example.com", "")
+	f.Add("GET", core.ChallengePathPrefix+token43, "a.example.com", "")
+	f.Add("HEAD", core.ChallengePathPrefix+token43, "A.EXAMPLE.COM:80", "")
+	f.Add("GET", core.ChallengePathPrefix+token43, "b.example.com", "")
+	f.Add("GET", core.ChallengePathPrefix+"t2", "b.example.com.", "")
+	f.Add("GET", core.ChallengePathPrefix+"t2", "b.example.com", "x=1")
+	f.Add("POST", core.ChallengePathPrefix+token43, "a.example.com", "")
+	f.Add("get", core.ChallengePathPrefix+token43, "a.example.com", "")
+	f.Add("GET", core.ChallengePathPrefix+token43+"/", "a.example.com", "")
+	f.Add("GET", core.ChallengePathPrefix, "a.example.com", "")
 	f.Add("GET", "", "", "")
 	f.Add("GET", "/.well-known/acme-challenge/../acme-challenge/t2", "b.example.com", "")
-	f.Add("GET", ChallengePathPrefix+"t2\x00", "b.example.com", "")
-	f.Add("GET", ChallengePathPrefix+"t2", "[b.example.com]:8080", "")
+	f.Add("GET", core.ChallengePathPrefix+"t2\x00", "b.example.com", "")
+	f.Add("GET", core.ChallengePathPrefix+"t2", "[b.example.com]:8080", "")
 	f.Add("OPTIONS", "*", "a.example.com", "")
 
 	f.Fuzz(func(t *testing.T, method, path, host, rawQuery string) {
@@ -63,7 +65,7 @@ func FuzzChallengeServer(f *testing.F) {
 			if !getOrHead {
 				t.Fatalf("got 200 for method %q, want only GET or HEAD", method)
 			}
-			tok, ok := strings.CutPrefix(path, ChallengePathPrefix)
+			tok, ok := strings.CutPrefix(path, core.ChallengePathPrefix)
 			p, live := fuzzTokens[tok]
 			if !ok || !live {
 				t.Fatalf("got 200 for path %q, want only a live token's path", path)
@@ -93,7 +95,7 @@ func FuzzChallengeServer(f *testing.F) {
 		}
 
 		// The converse: the exact request is always answered.
-		if tok, ok := strings.CutPrefix(path, ChallengePathPrefix); ok && rawQuery == "" && getOrHead {
+		if tok, ok := strings.CutPrefix(path, core.ChallengePathPrefix); ok && rawQuery == "" && getOrHead {
 			if p, live := fuzzTokens[tok]; live && host == p[0] && w.Code != http.StatusOK {
 				t.Fatalf("got %d for %s %s on %s, want 200", w.Code, method, path, host)
 			}

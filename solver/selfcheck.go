@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 	"unicode"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // Defaults of how soon a self-check gives up when its answer shows it cannot
@@ -118,7 +120,7 @@ func target(address, addr string) string {
 func (c *SelfCheck) Check(ctx context.Context, host, token, keyAuth string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	url := "http://" + host + ChallengePathPrefix + token
+	url := "http://" + host + core.ChallengePathPrefix + token
 	start := time.Now()
 	delay := 10 * time.Millisecond
 	var (

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // ingressFake stands in for the ingress controller: it records the requests it
@@ -94,8 +96,8 @@ func TestSelfCheckRetriesUntilAnswer(t *testing.T) {
 				if hosts[i] != "app.example.com" {
 					t.Errorf("request %d: got Host %q, want %q", i, hosts[i], "app.example.com")
 				}
-				if paths[i] != ChallengePathPrefix+"tok" {
-					t.Errorf("request %d: got path %q, want %q", i, paths[i], ChallengePathPrefix+"tok")
+				if paths[i] != core.ChallengePathPrefix+"tok" {
+					t.Errorf("request %d: got path %q, want %q", i, paths[i], core.ChallengePathPrefix+"tok")
 				}
 			}
 			oks := a.get()
@@ -199,7 +201,7 @@ func TestSelfCheckFollowsRedirect(t *testing.T) {
 		mu.Lock()
 		seen = append(seen, r.Host+r.URL.Path)
 		mu.Unlock()
-		if r.URL.Path == ChallengePathPrefix+"tok" {
+		if r.URL.Path == core.ChallengePathPrefix+"tok" {
 			http.Redirect(w, r, "/moved/tok", http.StatusFound)
 			return
 		}
@@ -212,7 +214,7 @@ func TestSelfCheckFollowsRedirect(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	want := []string{"app.example.com" + ChallengePathPrefix + "tok", "app.example.com/moved/tok"}
+	want := []string{"app.example.com" + core.ChallengePathPrefix + "tok", "app.example.com/moved/tok"}
 	if strings.Join(seen, " ") != strings.Join(want, " ") {
 		t.Errorf("got requests %v, want %v", seen, want)
 	}
@@ -235,7 +237,7 @@ func TestSelfCheckRedirectLoop(t *testing.T) {
 func pathFake(challenge, app reply) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rep := app
-		if strings.HasPrefix(r.URL.Path, ChallengePathPrefix) {
+		if strings.HasPrefix(r.URL.Path, core.ChallengePathPrefix) {
 			rep = challenge
 		}
 		w.WriteHeader(rep.code)
@@ -302,7 +304,7 @@ func TestSelfCheckDiagnosis(t *testing.T) {
 				t.Fatal("got nil, want an error")
 			}
 			msg := err.Error()
-			for _, w := range append(tt.want, "self-check http://app.example.com"+ChallengePathPrefix+"tok via "+ts.Listener.Addr().String()+": ") {
+			for _, w := range append(tt.want, "self-check http://app.example.com"+core.ChallengePathPrefix+"tok via "+ts.Listener.Addr().String()+": ") {
 				if !strings.Contains(msg, w) {
 					t.Errorf("got %q, want it to contain %q", msg, w)
 				}
@@ -380,7 +382,7 @@ func TestSelfCheckNamesTheRedirect(t *testing.T) {
 	if err == nil {
 		t.Fatal("got nil, want an error")
 	}
-	for _, w := range []string{"status 308 to https://app.example.com:", ChallengePathPrefix + "tok, then status 404 \"no route\"", `answers status 308 to https://app.example.com:`, "only the challenge path fails"} {
+	for _, w := range []string{"status 308 to https://app.example.com:", core.ChallengePathPrefix + "tok, then status 404 \"no route\"", `answers status 308 to https://app.example.com:`, "only the challenge path fails"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("got %q, want it to contain %q", err, w)
 		}

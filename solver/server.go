@@ -10,10 +10,9 @@ import (
 	"strings"
 	"sync"
 	"time"
-)
 
-// ChallengePathPrefix is where HTTP-01 challenges live (RFC 8555, section 8.3).
-const ChallengePathPrefix = "/.well-known/acme-challenge/"
+	"github.com/ingress-acme/ingress-acme/core"
+)
 
 // maxTokenLength bounds the tokens served; RFC 8555 tokens are 43 characters
 // (128 bits, base64url) and CAs use no more than a few times that.
@@ -99,7 +98,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	token, ok := strings.CutPrefix(r.URL.Path, ChallengePathPrefix)
+	token, ok := strings.CutPrefix(r.URL.Path, core.ChallengePathPrefix)
 	if !ok || !ValidToken(token) || r.URL.RawQuery != "" {
 		s.observe(OutcomeNotFound)
 		http.NotFound(w, r)

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // token43 is a token of the length RFC 8555 tokens have.
@@ -78,27 +80,27 @@ func TestServerServeHTTP(t *testing.T) {
 		wantBody    string // checked when wantCode is 200
 		wantOutcome string
 	}{
-		{name: "GET", method: "GET", target: ChallengePathPrefix + token43, host: "a.example.com", wantCode: 200, wantBody: keyAuth, wantOutcome: OutcomeServed},
-		{name: "HEAD", method: "HEAD", target: ChallengePathPrefix + token43, host: "a.example.com", wantCode: 200, wantOutcome: OutcomeServed},
-		{name: "host in upper case", method: "GET", target: ChallengePathPrefix + token43, host: "A.EXAMPLE.COM", wantCode: 200, wantBody: keyAuth, wantOutcome: OutcomeServed},
-		{name: "host with port", method: "GET", target: ChallengePathPrefix + token43, host: "a.example.com:80", wantCode: 200, wantBody: keyAuth, wantOutcome: OutcomeServed},
-		{name: "host with trailing dot", method: "GET", target: ChallengePathPrefix + token43, host: "a.example.com.", wantCode: 200, wantBody: keyAuth, wantOutcome: OutcomeServed},
-		{name: "second token on its host", method: "GET", target: ChallengePathPrefix + "other", host: "b.example.com", wantCode: 200, wantBody: "other.thumbprint", wantOutcome: OutcomeServed},
-		{name: "token on another token's host", method: "GET", target: ChallengePathPrefix + token43, host: "b.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "unknown host", method: "GET", target: ChallengePathPrefix + token43, host: "evil.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "subdomain of the host", method: "GET", target: ChallengePathPrefix + token43, host: "x.a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "unknown token", method: "GET", target: ChallengePathPrefix + "nope", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "token prefix", method: "GET", target: ChallengePathPrefix + token43[:10], host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "token with suffix", method: "GET", target: ChallengePathPrefix + token43 + "x", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "trailing slash", method: "GET", target: ChallengePathPrefix + token43 + "/", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "sub-path", method: "GET", target: ChallengePathPrefix + token43 + "/x", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "query string", method: "GET", target: ChallengePathPrefix + token43 + "?x=1", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "prefix only", method: "GET", target: ChallengePathPrefix, host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "GET", method: "GET", target: core.ChallengePathPrefix + token43, host: "a.example.com", wantCode: 200, wantBody: keyAuth, wantOutcome: OutcomeServed},
+		{name: "HEAD", method: "HEAD", target: core.ChallengePathPrefix + token43, host: "a.example.com", wantCode: 200, wantOutcome: OutcomeServed},
+		{name: "host in upper case", method: "GET", target: core.ChallengePathPrefix + token43, host: "A.EXAMPLE.COM", wantCode: 200, wantBody: keyAuth, wantOutcome: OutcomeServed},
+		{name: "host with port", method: "GET", target: core.ChallengePathPrefix + token43, host: "a.example.com:80", wantCode: 200, wantBody: keyAuth, wantOutcome: OutcomeServed},
+		{name: "host with trailing dot", method: "GET", target: core.ChallengePathPrefix + token43, host: "a.example.com.", wantCode: 200, wantBody: keyAuth, wantOutcome: OutcomeServed},
+		{name: "second token on its host", method: "GET", target: core.ChallengePathPrefix + "other", host: "b.example.com", wantCode: 200, wantBody: "other.thumbprint", wantOutcome: OutcomeServed},
+		{name: "token on another token's host", method: "GET", target: core.ChallengePathPrefix + token43, host: "b.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "unknown host", method: "GET", target: core.ChallengePathPrefix + token43, host: "evil.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "subdomain of the host", method: "GET", target: core.ChallengePathPrefix + token43, host: "x.a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "unknown token", method: "GET", target: core.ChallengePathPrefix + "nope", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "token prefix", method: "GET", target: core.ChallengePathPrefix + token43[:10], host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "token with suffix", method: "GET", target: core.ChallengePathPrefix + token43 + "x", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "trailing slash", method: "GET", target: core.ChallengePathPrefix + token43 + "/", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "sub-path", method: "GET", target: core.ChallengePathPrefix + token43 + "/x", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "query string", method: "GET", target: core.ChallengePathPrefix + token43 + "?x=1", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
+		{name: "prefix only", method: "GET", target: core.ChallengePathPrefix, host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
 		{name: "root", method: "GET", target: "/", host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
 		{name: "token at the root", method: "GET", target: "/" + token43, host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
 		{name: "other well-known", method: "GET", target: "/.well-known/other/" + token43, host: "a.example.com", wantCode: 404, wantOutcome: OutcomeNotFound},
-		{name: "POST", method: "POST", target: ChallengePathPrefix + token43, host: "a.example.com", wantCode: 405, wantOutcome: OutcomeBadReq},
-		{name: "PUT", method: "PUT", target: ChallengePathPrefix + token43, host: "a.example.com", wantCode: 405, wantOutcome: OutcomeBadReq},
+		{name: "POST", method: "POST", target: core.ChallengePathPrefix + token43, host: "a.example.com", wantCode: 405, wantOutcome: OutcomeBadReq},
+		{name: "PUT", method: "PUT", target: core.ChallengePathPrefix + token43, host: "a.example.com", wantCode: 405, wantOutcome: OutcomeBadReq},
 		{name: "DELETE elsewhere", method: "DELETE", target: "/", host: "a.example.com", wantCode: 405, wantOutcome: OutcomeBadReq},
 	}
 	for _, tt := range tests {
@@ -140,7 +142,7 @@ func TestServerServeHTTP(t *testing.T) {
 func TestServerPresentRemove(t *testing.T) {
 	s := NewServer(nil) // a nil observe must work
 	get := func(host, token string) int {
-		r := httptest.NewRequest("GET", ChallengePathPrefix+token, nil)
+		r := httptest.NewRequest("GET", core.ChallengePathPrefix+token, nil)
 		r.Host = host
 		w := httptest.NewRecorder()
 		s.ServeHTTP(w, r)
@@ -198,10 +200,10 @@ func TestServerOverHTTP(t *testing.T) {
 		wantCode           int
 		wantBody           string
 	}{
-		{"GET", "a.example.com", ChallengePathPrefix + token43, 200, "key.auth"},
-		{"HEAD", "a.example.com", ChallengePathPrefix + token43, 200, ""},
-		{"GET", "b.example.com", ChallengePathPrefix + token43, 404, ""},
-		{"POST", "a.example.com", ChallengePathPrefix + token43, 405, ""},
+		{"GET", "a.example.com", core.ChallengePathPrefix + token43, 200, "key.auth"},
+		{"HEAD", "a.example.com", core.ChallengePathPrefix + token43, 200, ""},
+		{"GET", "b.example.com", core.ChallengePathPrefix + token43, 404, ""},
+		{"POST", "a.example.com", core.ChallengePathPrefix + token43, 405, ""},
 		{"GET", "a.example.com", "/.well-known/acme-challenge/../acme-challenge/" + token43, 404, ""},
 	}
 	for _, tt := range tests {
@@ -235,7 +237,7 @@ func TestServerConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for range 100 {
 				s.Present("h.example.com", tok, "k")
-				r := httptest.NewRequest("GET", ChallengePathPrefix+tok, nil)
+				r := httptest.NewRequest("GET", core.ChallengePathPrefix+tok, nil)
 				r.Host = "h.example.com"
 				s.ServeHTTP(httptest.NewRecorder(), r)
 				s.Remove(tok)

@@ -11,6 +11,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // Endpoint is where the challenge server can be reached from the ingress
@@ -44,8 +46,6 @@ func NewServices(client kubernetes.Interface, name string, endpoint Endpoint) *S
 // Name is the Service's name, the backend of every challenge path.
 func (s *Services) Name() string { return s.name }
 
-const managedBy = "ingress-acme"
-
 // Ensure makes the Service and its EndpointSlice in namespace exist and point at
 // the endpoint. It reads both and writes only what is missing or differs, once:
 // later calls for the namespace cost nothing until Forget(namespace).
@@ -77,7 +77,7 @@ func (s *Services) Forget(namespace string) {
 }
 
 func (s *Services) labels() map[string]string {
-	return map[string]string{"app.kubernetes.io/managed-by": managedBy}
+	return map[string]string{core.LabelManagedBy: core.ManagedBy}
 }
 
 func (s *Services) ensureService(ctx context.Context, namespace string) error {
@@ -101,7 +101,7 @@ func (s *Services) ensureService(ctx context.Context, namespace string) error {
 	if err != nil {
 		return fmt.Errorf("get service %s/%s: %w", namespace, s.name, err)
 	}
-	if svc.Labels["app.kubernetes.io/managed-by"] != managedBy {
+	if svc.Labels[core.LabelManagedBy] != core.ManagedBy {
 		return fmt.Errorf("service %s/%s exists and is not managed by ingress-acme", namespace, s.name)
 	}
 	if len(svc.Spec.Selector) == 0 && slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool {
@@ -127,9 +127,9 @@ func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
 			Name:      s.name,
 			Namespace: namespace,
 			Labels: map[string]string{
-				discoveryv1.LabelServiceName:   s.name,
-				discoveryv1.LabelManagedBy:     managedBy,
-				"app.kubernetes.io/managed-by": managedBy,
+				discoveryv1.LabelServiceName: s.name,
+				discoveryv1.LabelManagedBy:   core.ManagedBy,
+				core.LabelManagedBy:          core.ManagedBy,
 			},
 		},
 		AddressType: s.endpoint.AddressType,
@@ -150,7 +150,7 @@ func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
 	if err != nil {
 		return fmt.Errorf("get endpointslice %s/%s: %w", namespace, s.name, err)
 	}
-	if cur.Labels[discoveryv1.LabelManagedBy] != managedBy {
+	if cur.Labels[discoveryv1.LabelManagedBy] != core.ManagedBy {
 		return fmt.Errorf("endpointslice %s/%s exists and is not managed by ingress-acme", namespace, s.name)
 	}
 	if cur.AddressType == want.AddressType && sliceMatches(cur, s.endpoint) {
