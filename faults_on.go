@@ -5,12 +5,15 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // addFaultFlags adds --crash-at, in test builds only: the process kills itself
@@ -18,8 +21,11 @@ import (
 // the named point.
 func addFaultFlags(fs *pflag.FlagSet, c *Config) {
 	fs.Func("crash-at", "test builds only: POINT[:N] SIGKILLs the process the Nth time an order reaches POINT "+
-		"(paths-inserted, self-checked, validating, finalized, secret-written, before-restore)", func(v string) error {
+		"("+strings.Join(core.FaultPoints(), ", ")+")", func(v string) error {
 		point, nth, _ := strings.Cut(v, ":")
+		if !slices.Contains(core.FaultPoints(), point) {
+			return fmt.Errorf("crash-at %q: no such point", v)
+		}
 		n := 1
 		if nth != "" {
 			var err error
