@@ -13,8 +13,12 @@ UNIT_PKGS := . ./acme/... ./secrets/... ./solver/... ./watcher/... ./metrics/...
 FUZZTIME ?= 5s
 FUZZ_TARGETS := watcher:FuzzParseOptions watcher:FuzzValidateHost watcher:FuzzJournal solver:FuzzChallengeServer
 E2E_TIMEOUT ?= 40m
+# `make soak`: SEED picks the schedule (a new one each run unless given; a
+# failing seed replays the same schedule), DURATION how long it runs.
+SEED     ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+DURATION ?= 5m
 
-.PHONY: help build test unit fuzz e2e demo bench lint image tools clean-tools clean check-image-build
+.PHONY: help build test unit fuzz e2e soak demo bench lint image tools clean-tools clean check-image-build
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +46,9 @@ fuzz: ## run every fuzz target for FUZZTIME
 
 e2e: tools ## end-to-end tests on the local testbed (etcd, kube-apiserver, Pebble, Traefik)
 	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./e2e/
+
+soak: tools ## the randomized life-of-a-cluster soak alone on the testbed (SEED=n DURATION=5m)
+	SOAK_SEED=$(SEED) SOAK_DURATION=$(DURATION) SOAK_EXCLUSIVE=1 $(GO) test -count=1 -v -timeout 0 -run '^TestSoak$$' ./e2e/
 
 test: tools lint unit fuzz check-image-build e2e ## everything: lint, unit (-race), fuzz (briefly), image build check, e2e
 
