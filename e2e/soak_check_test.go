@@ -785,6 +785,9 @@ func (s *soak) pollSecrets(ctx context.Context) {
 		}
 		var foreign []pair
 		for key, want := range s.foreign {
+			if !s.foreignAt[key].Before(now) {
+				continue // created while the list was taken: the list may predate it
+			}
 			foreign = append(foreign, pair{key, want, byKey[key]})
 		}
 		s.mu.Unlock()

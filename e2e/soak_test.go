@@ -109,6 +109,7 @@ type soak struct {
 	byName         map[string]*liveIngress // ns/name
 	hostOwner      map[string]string       // host -> ns/ingress
 	foreign        map[string]*corev1.Secret
+	foreignAt      map[string]time.Time // when each foreign Secret was created, to judge only lists taken after
 	secretGen      map[string]int // ns/secret -> times the user deleted or corrupted it
 	epochs         map[string]*epoch
 	targets        map[string]*target
@@ -186,7 +187,7 @@ func TestSoak(t *testing.T) {
 		},
 		violations: map[string]*violation{},
 		ings:       map[int]*liveIngress{}, byName: map[string]*liveIngress{}, hostOwner: map[string]string{},
-		foreign: map[string]*corev1.Secret{}, secretGen: map[string]int{}, epochs: map[string]*epoch{},
+		foreign: map[string]*corev1.Secret{}, foreignAt: map[string]time.Time{}, secretGen: map[string]int{}, epochs: map[string]*epoch{},
 		targets: map[string]*target{}, credits: map[string][]time.Time{}, leaves: map[string]leafSeen{},
 		secretLeaves: map[string][]string{}, budgetReported: map[string]bool{},
 		stats: soakStats{ops: map[string]int{}, skipped: map[string]int{}, faults: map[string]int{}, peakRSS: map[string]uint64{}, capped: map[string]bool{}},
@@ -548,6 +549,7 @@ func (s *soak) createForeign(ctx context.Context, li *liveIngress) error {
 	}
 	s.mu.Lock()
 	s.foreign[li.ns+"/"+sec.Name] = got
+	s.foreignAt[li.ns+"/"+sec.Name] = time.Now()
 	s.refresh(li)
 	s.mu.Unlock()
 	return nil

@@ -26,6 +26,9 @@ type bench struct {
 	start                  time.Time
 	workers, fillers, runs int
 	extra                  []string // more controller flags
+	only                   []string // scenarios to run
+	scale                  scaleOptions
+	timings                []string // how long each scenario took
 
 	tb     *testbed.Testbed
 	client kubernetes.Interface // admin, without client-side rate limit
@@ -105,7 +108,15 @@ func (is *issuance) total() time.Duration {
 // host against Pebble's root, watching the Secrets. With one name, the clock
 // starts when its Create returns and the time until Traefik serves the
 // certificate is measured too; with more, it starts before the first Create.
-func (b *bench) issue(ctx context.Context, ns, backend string, names []string, timeout time.Duration) (*issuance, error) {
+// Each mutate function, if any, changes every Ingress before it is created.
+func (b *bench) issue(ctx context.Context, ns, backend string, names []string, timeout time.Duration, mutate ...func(*networkingv1.Ingress)) (*issuance, error) {
+	mk := func(name string) *networkingv1.Ingress {
+		ing := ingress(ns, name, backend)
+		for _, m := range mutate {
+			m(ing)
+		}
+		return ing
+	}
 	want := map[string]string{} // secret -> host
 	for _, n := range names {
 		want[n+"-tls"] = host(ns, n)
@@ -127,7 +138,7 @@ func (b *bench) issue(ctx context.Context, ns, backend string, names []string, t
 	defer cancel()
 	api := b.client.NetworkingV1().Ingresses(ns)
 	if len(names) == 1 {
-		if _, err := api.Create(ctx, ingress(ns, names[0], backend), metav1.CreateOptions{}); err != nil {
+		if _, err := api.Create(ctx, mk(names[0]), metav1.CreateOptions{}); err != nil {
 			return nil, fmt.Errorf("create ingress %s: %w", names[0], err)
 		}
 		is.start = time.Now()
@@ -145,7 +156,7 @@ func (b *bench) issue(ctx context.Context, ns, backend string, names []string, t
 		var wg sync.WaitGroup
 		for i, n := range names {
 			wg.Go(func() {
-				_, errs[i] = api.Create(ctx, ingress(ns, n, backend), metav1.CreateOptions{})
+				_, errs[i] = api.Create(ctx, mk(n), metav1.CreateOptions{})
 				mu.Lock()
 				is.created[n] = time.Now()
 				mu.Unlock()

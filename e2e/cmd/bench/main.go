@@ -10,6 +10,13 @@
 // apiserver_request_total, and compares the peak RSS of two fresh controllers:
 // one in an empty namespace, one in a namespace holding 5000 unrelated Secrets.
 // It prints a table at the end and stops everything, also on Ctrl-C.
+//
+// Scale and robustness scenarios follow (see scale.go, restart.go,
+// unreachable.go, renewal.go): 1,000 Ingresses at once; a restart with 10,000
+// valid certificates; SIGKILLs during 100 concurrent issuances; one good
+// Ingress behind unreachable ones; short-lived certificates renewed over a
+// fixed window. -only picks scenarios by name (comma-separated), e.g.
+// `go run ./e2e/cmd/bench -only=restart10k`; by default all run.
 package main
 
 import (
@@ -19,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,7 +39,26 @@ func main() {
 	fillers := flag.Int("secrets", 5000, "unrelated Secrets for the memory scenario")
 	runs := flag.Int("runs", 5, "runs of the 1-Ingress scenario")
 	extra := flag.String("controller-flags", "", "more controller flags, space-separated (e.g. \"--api-qps 200\"), to compare against the defaults")
+	only := flag.String("only", "", "run only these scenarios, comma-separated, of: "+strings.Join(scenarioNames, ", ")+" (default: all)")
+	var sc scaleOptions
+	flag.IntVar(&sc.thousand, "thousand", 1000, "Ingresses created at once in the thousand scenario")
+	flag.IntVar(&sc.restartCerts, "restart-certs", 10000, "valid certificates in place when the controller restarts (restart10k)")
+	flag.IntVar(&sc.restartAccounts, "restart-accounts", 8, "ACME accounts the bench spreads the restart10k certificates over")
+	flag.DurationVar(&sc.restartWindow, "restart-window", time.Minute, "how long CA requests are counted after the restart")
+	flag.IntVar(&sc.killCerts, "kill-certs", 100, "certificates issued concurrently in the kills scenario")
+	flag.IntVar(&sc.kills, "kills", 10, "SIGKILLs of the controller while they issue")
+	flag.StringVar(&sc.unreachable, "unreachable", "0,40,200", "numbers of unreachable Ingresses in front of the good one")
+	flag.DurationVar(&sc.unreachableTimeout, "unreachable-timeout", 5*time.Minute, "how long to wait for the good Ingress behind unreachable ones")
+	flag.IntVar(&sc.maxInFlight, "max-orders-in-flight", 256, "the controller's --max-orders-in-flight in the unreachable scenario, passed only if the binary has that flag (0: never pass it)")
+	flag.IntVar(&sc.shortCerts, "shortlived-certs", 20, "certificates on the short-lived profile")
+	flag.DurationVar(&sc.shortValidity, "shortlived-validity", time.Minute, "validity of the CA's shortlived profile")
+	flag.DurationVar(&sc.shortWindow, "shortlived-window", 4*time.Minute, "how long short-lived renewals are watched")
 	flag.Parse()
+	selected, err := parseOnly(*only)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(2)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -40,8 +67,8 @@ func main() {
 		stop() // a second Ctrl-C kills at once (the children die with us)
 	}()
 
-	b := &bench{start: time.Now(), workers: *workers, fillers: *fillers, runs: *runs, extra: strings.Fields(*extra)}
-	err := b.run(ctx)
+	b := &bench{start: time.Now(), workers: *workers, fillers: *fillers, runs: *runs, extra: strings.Fields(*extra), only: selected, scale: sc}
+	err = b.run(ctx)
 	if ctx.Err() != nil {
 		fmt.Fprintln(os.Stderr, "bench: interrupted")
 		os.Exit(130)
@@ -82,13 +109,26 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	b.say("built in %.1fs; controller flags: defaults, those the testbed sets, --workers %d %s", time.Since(t0).Seconds(), b.workers, strings.Join(b.extra, " "))
 
-	if err := b.latencyAndWrites(ctx); err != nil {
-		return err
-	}
-	if err := b.memory(ctx); err != nil {
-		return err
+	b.say("scenarios: %s; load average %s", strings.Join(b.only, ", "), loadavg())
+	for _, s := range scenarios {
+		if !slices.Contains(b.only, s.name) {
+			continue
+		}
+		t0 := time.Now()
+		load := loadavg()
+		if err := s.run(b, ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		b.timings = append(b.timings, fmt.Sprintf("%s %.0f s (load before %s, after %s)", s.name, time.Since(t0).Seconds(), load, loadavg()))
 	}
 	b.printTable()
+	if len(b.timings) > 0 {
+		fmt.Println("scenario durations:")
+		for _, t := range b.timings {
+			fmt.Println("  " + t)
+		}
+		fmt.Println()
+	}
 	b.printFindings()
 	return nil
 }
@@ -135,6 +175,60 @@ func (b *bench) printFindings() {
 		fmt.Println("  - " + f)
 	}
 	fmt.Println()
+}
+
+// scenarios are the bench's parts, in the order they run; -only names them.
+var scenarios = []struct {
+	name string
+	run  func(*bench, context.Context) error
+}{
+	{"latency", (*bench).latencyAndWrites},
+	{"memory", (*bench).memory},
+	{"thousand", (*bench).thousandAtOnce},
+	{"restart10k", (*bench).restart},
+	{"kills", (*bench).killsDuringIssuance},
+	{"unreachable", (*bench).unreachable},
+	{"shortlived", (*bench).shortLived},
+}
+
+var scenarioNames = func() []string {
+	var out []string
+	for _, s := range scenarios {
+		out = append(out, s.name)
+	}
+	return out
+}()
+
+// parseOnly returns the scenarios -only names, all of them when it is empty.
+func parseOnly(only string) ([]string, error) {
+	if strings.TrimSpace(only) == "" {
+		return scenarioNames, nil
+	}
+	var out []string
+	for _, n := range strings.Split(only, ",") {
+		n = strings.TrimSpace(n)
+		if n == "" {
+			continue
+		}
+		if !slices.Contains(scenarioNames, n) {
+			return nil, fmt.Errorf("-only: unknown scenario %q (have %s)", n, strings.Join(scenarioNames, ", "))
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// loadavg is the 1-minute load average of the machine, as uptime shows it.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return f[0]
 }
 
 func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
