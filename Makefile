@@ -55,8 +55,8 @@ test: tools lint unit fuzz check-image-build e2e ## everything: lint, unit (-rac
 demo: tools ## bring up the testbed, run the controller, issue a certificate for a sample Ingress
 	$(GO) run ./e2e/cmd/demo
 
-bench: tools ## measure on the testbed: 1 Ingress x5, 20 and 100 at once, API writes, RSS with 0/5000 other Secrets, CPU
-	$(GO) run ./e2e/cmd/bench
+bench: tools ## measure on the testbed (ONLY=latency,memory,thousand,restart10k,kills,unreachable,shortlived picks scenarios; all by default)
+	$(GO) run ./e2e/cmd/bench $(if $(ONLY),-only=$(ONLY))
 
 image: ## build the container image (needs a container engine)
 	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \

@@ -110,7 +110,7 @@ type soak struct {
 	hostOwner      map[string]string       // host -> ns/ingress
 	foreign        map[string]*corev1.Secret
 	foreignAt      map[string]time.Time // when each foreign Secret was created, to judge only lists taken after
-	secretGen      map[string]int // ns/secret -> times the user deleted or corrupted it
+	secretGen      map[string]int       // ns/secret -> times the user deleted or corrupted it
 	epochs         map[string]*epoch
 	targets        map[string]*target
 	credits        map[string][]time.Time // ns/ingress -> user changes not yet paid for by an order
