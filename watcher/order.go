@@ -41,7 +41,12 @@ type order struct {
 // by the next sync, from the journal).
 func (o *order) run(ctx context.Context) result {
 	o.announce()
-	err := o.place(ctx)
+	// The solver Service first: what lies between placing the order and
+	// journalling it is lost if the process dies there, so keep that short.
+	err := o.c.cfg.Solver.Ensure(ctx, o.d.namespace)
+	if err == nil {
+		err = o.place(ctx)
+	}
 	if err == nil {
 		err = o.present(ctx)
 	}
@@ -103,9 +108,6 @@ func (o *order) present(ctx context.Context) error {
 		if o.d.hostIngress[strings.ToLower(ch.Host)] == nil {
 			return fmt.Errorf("the CA asked to validate %s, which is not in the order", ch.Host)
 		}
-	}
-	if err := o.c.cfg.Solver.Ensure(ctx, o.d.namespace); err != nil {
-		return err
 	}
 	o.presented = true
 	err := o.c.presenter.present(ctx, o.d, o.placed)
