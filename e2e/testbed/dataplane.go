@@ -485,6 +485,11 @@ func (tb *Testbed) startHAProxy(ctx context.Context) (*DataPlane, error) {
 				"--configmap=" + dataPlaneNamespace + "/" + proc,
 				"--ingress-class=" + dp.Class,
 				"--healthz-addr=" + hostPort(healthz),
+				// By default it applies changes at most every 2 s, a tenth of the
+				// testbed's 20 s certificates: a renewal late in that window would
+				// meet an expired certificate still served. Like Traefik's
+				// throttle, lifted here; real lifetimes leave hours.
+				"--rate-limit-update=10",
 			}, []string{"POD_NAMESPACE=" + dataPlaneNamespace}
 		},
 		ready: func(ctx context.Context) error {
