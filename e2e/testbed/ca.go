@@ -4,14 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -36,15 +33,16 @@ type CAOptions struct {
 // the testbed. Its Directory and Management verify with PebbleCAFile, and the
 // certificates it issues with its RootPool.
 func (tb *Testbed) StartCA(ctx context.Context, name string, opts CAOptions) (*ExtraCA, error) {
-	for _, e := range opts.Env {
-		if strings.HasPrefix(e, "PEBBLE_VA_ALWAYS_VALID") {
-			return nil, errors.New("testbed: PEBBLE_VA_ALWAYS_VALID is refused: challenges must really be validated")
-		}
+	ca, err := tb.startPebble(ctx, name, opts.Env, func(port, mgmt int) ([]byte, error) { return tb.caConfig(port, mgmt, opts) })
+	if err == nil {
+		tb.logf("testbed: %s sends http-01 to port %d, profiles %v", ca.name, opts.HTTPPort, opts.Profiles)
 	}
-	var port, mgmt int
-	if err := freePorts(&port, &mgmt); err != nil {
-		return nil, err
-	}
+	return ca, err
+}
+
+// caConfig is the testbed's Pebble configuration on port and mgmt, changed as
+// opts says.
+func (tb *Testbed) caConfig(port, mgmt int, opts CAOptions) ([]byte, error) {
 	base, err := tb.pebbleJSONFor(port, mgmt, nil)
 	if err != nil {
 		return nil, err
@@ -64,43 +62,7 @@ func (tb *Testbed) StartCA(ctx context.Context, name string, opts CAOptions) (*E
 		}
 		profiles[p] = map[string]any{"description": "profile " + p, "validityPeriod": int64(validity / time.Second)}
 	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	pname := "pebble-" + name
-	cfgPath := filepath.Join(tb.Dir, "conf", pname+".json")
-	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
-		return nil, err
-	}
-	ca := &ExtraCA{Directory: "https://" + hostPort(port) + "/dir", Management: "https://" + hostPort(mgmt), tb: tb, name: pname}
-	p := &process{
-		name:    pname,
-		logPath: filepath.Join(tb.Dir, "logs", pname+".log"),
-		pidPath: filepath.Join(tb.Dir, "run", pname+".pid"),
-		grace:   5 * time.Second,
-		timeout: 30 * time.Second,
-		command: func() ([]string, []string) {
-			return []string{tb.Tools.Pebble, "-config", cfgPath, "-dnsserver", tb.ChallTestSrvDNS}, append([]string{"PEBBLE_VA_NOSLEEP=1"}, opts.Env...)
-		},
-		ready: func(ctx context.Context) error {
-			_, err := get(ctx, tb.PebbleClient(), ca.Directory, "")
-			return err
-		},
-	}
-	tb.mu.Lock()
-	if _, dup := tb.procs[pname]; dup {
-		tb.mu.Unlock()
-		return nil, fmt.Errorf("testbed: %s exists", pname)
-	}
-	tb.procs[pname] = p
-	tb.mu.Unlock()
-	if err := tb.run(ctx, p); err != nil {
-		ca.Stop()
-		return nil, fmt.Errorf("testbed: %w\n%s", err, p.tail(30))
-	}
-	tb.logf("testbed: %s up at %s (http-01 to port %d, profiles %v)", pname, ca.Directory, pc["httpPort"], opts.Profiles)
-	return ca, nil
+	return json.MarshalIndent(cfg, "", "  ")
 }
 
 // CARequest is one request a CAProxy passed on.

@@ -31,6 +31,12 @@ type ExtraCA struct {
 // -> base64url HMAC key) unless that is empty, and waits until it serves. It is
 // stopped by Stop on it, or with the testbed.
 func (tb *Testbed) ExtraPebble(ctx context.Context, name string, env []string, eabKeys map[string]string) (*ExtraCA, error) {
+	return tb.startPebble(ctx, name, env, func(port, mgmt int) ([]byte, error) { return tb.pebbleJSONFor(port, mgmt, eabKeys) })
+}
+
+// startPebble starts Pebble "pebble-<name>" with env on two free ports, with
+// the configuration config makes for them, and waits until it serves.
+func (tb *Testbed) startPebble(ctx context.Context, name string, env []string, config func(port, mgmt int) ([]byte, error)) (*ExtraCA, error) {
 	for _, e := range env {
 		if bytes.HasPrefix([]byte(e), []byte("PEBBLE_VA_ALWAYS_VALID")) {
 			return nil, errors.New("testbed: PEBBLE_VA_ALWAYS_VALID is refused: challenges must really be validated")
@@ -40,7 +46,7 @@ func (tb *Testbed) ExtraPebble(ctx context.Context, name string, env []string, e
 	if err := freePorts(&port, &mgmt); err != nil {
 		return nil, err
 	}
-	cfg, err := tb.pebbleJSONFor(port, mgmt, eabKeys)
+	cfg, err := config(port, mgmt)
 	if err != nil {
 		return nil, err
 	}
