@@ -30,6 +30,10 @@ const AnnotationPrefix = "ingress-acme.io/"
 // records it on the Secret that holds the certificate.
 const AnnotationKeyType = AnnotationPrefix + "key-type"
 
+// AnnotationProfile asks for a CA profile on an Ingress, and records on the
+// Secret the profile its certificate was ordered with ("" for the CA's default).
+const AnnotationProfile = AnnotationPrefix + "profile"
+
 // KeyType names a certificate private key algorithm.
 type KeyType string
 

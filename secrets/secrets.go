@@ -196,8 +196,8 @@ func DecodeChain(data []byte) ([]*x509.Certificate, error) {
 
 // Build returns the kubernetes.io/tls Secret namespace/name holding chainPEM
 // (leaf first) and key, labelled as ours and annotated with its hosts, expiry,
-// serial, key type and issuing directory.
-func Build(namespace, name string, chainPEM []byte, key crypto.Signer, directory string) (*corev1.Secret, error) {
+// serial, key type, issuing directory and the profile it was ordered with.
+func Build(namespace, name string, chainPEM []byte, key crypto.Signer, directory, profile string) (*corev1.Secret, error) {
 	chain, err := DecodeChain(chainPEM)
 	if err != nil {
 		return nil, err
@@ -221,6 +221,7 @@ func Build(namespace, name string, chainPEM []byte, key crypto.Signer, directory
 				AnnotationSerial:       fmt.Sprintf("%x", leaf.SerialNumber),
 				core.AnnotationKeyType: string(keyTypeOf(key.Public())),
 				AnnotationDirectory:    directory,
+				core.AnnotationProfile: profile,
 			},
 		},
 		Type: corev1.SecretTypeTLS,

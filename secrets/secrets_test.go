@@ -372,7 +372,7 @@ func TestBuild(t *testing.T) {
 	notAfter := notBefore.Add(90 * 24 * time.Hour)
 	tc := newTestCert(t, core.RSA2048, []string{"a.example.com", "b.example.com"}, notBefore, notAfter)
 
-	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir")
+	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,12 +420,12 @@ func TestBuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s, err := Build("ns", "web-tls", tc.chainPEM, other, ""); err == nil {
+		if s, err := Build("ns", "web-tls", tc.chainPEM, other, "", ""); err == nil {
 			t.Errorf("got Secret %v, want an error", s.Name)
 		}
 	})
 	t.Run("no certificate", func(t *testing.T) {
-		if s, err := Build("ns", "web-tls", []byte("nope"), tc.key, ""); err == nil {
+		if s, err := Build("ns", "web-tls", []byte("nope"), tc.key, "", ""); err == nil {
 			t.Errorf("got Secret %v, want an error", s.Name)
 		}
 	})

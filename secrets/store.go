@@ -107,8 +107,8 @@ func (s *Store) Read(sec *corev1.Secret) (leaf *x509.Certificate, keyType core.K
 
 // Write builds the Secret namespace/name for chainPEM and key (see Build) and
 // stores it over current (see Put).
-func (s *Store) Write(ctx context.Context, current *corev1.Secret, namespace, name string, chainPEM []byte, key crypto.Signer, directory string) error {
-	desired, err := Build(namespace, name, chainPEM, key, directory)
+func (s *Store) Write(ctx context.Context, current *corev1.Secret, namespace, name string, chainPEM []byte, key crypto.Signer, directory, profile string) error {
+	desired, err := Build(namespace, name, chainPEM, key, directory, profile)
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,7 @@ func built(t *testing.T, hosts ...string) *corev1.Secret {
 	t.Helper()
 	now := time.Now()
 	tc := newTestCert(t, core.ECDSAP256, hosts, now, now.Add(24*time.Hour))
-	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir")
+	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestStoreWriteReadNewKey(t *testing.T) {
 
 	now := time.Now()
 	tc := newTestCert(t, core.ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
-	if err := s.Write(ctx, nil, "ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir"); err != nil {
+	if err := s.Write(ctx, nil, "ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", ""); err != nil {
 		t.Fatal(err)
 	}
 	sec, err := s.Get(ctx, "ns", "web-tls")
@@ -265,7 +265,7 @@ func TestStoreWriteReadNewKey(t *testing.T) {
 		t.Errorf("got %v %q %q, want the written certificate, ecdsa-p256, the directory", leaf.DNSNames, kt, dir)
 	}
 
-	if err := s.Write(ctx, nil, "ns", "other-tls", tc.chainPEM, key, ""); err == nil {
+	if err := s.Write(ctx, nil, "ns", "other-tls", tc.chainPEM, key, "", ""); err == nil {
 		t.Errorf("got no error writing a chain with the wrong key, want one")
 	}
 	if sec, _ := s.Get(ctx, "ns", "other-tls"); sec != nil {
@@ -512,7 +512,7 @@ func TestStatesRoundTrip(t *testing.T) {
 func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
 	now := time.Now()
 	tc := newTestCert(t, core.RSA2048, []string{"a.example.com"}, now, now.Add(time.Hour))
-	full, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir")
+	full, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", "")
 	if err != nil {
 		t.Fatal(err)
 	}

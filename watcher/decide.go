@@ -23,12 +23,13 @@ const (
 	reasonHosts            // the certificate does not cover the hosts asked for
 	reasonKeyType          // another key type is asked for
 	reasonDirectory        // another CA is configured
+	reasonProfile          // another CA profile is asked for
 	reasonRenewal          // the certificate is due for renewal
 )
 
 func (r reason) String() string {
 	return [...]string{"up to date", "no certificate yet", "the Secret holds no usable certificate",
-		"hosts changed", "key type changed", "ACME directory changed", "renewal due"}[r]
+		"hosts changed", "key type changed", "ACME directory changed", "profile changed", "renewal due"}[r]
 }
 
 // decision is step 1 of README's "How it works": whether, and why, to order.
@@ -62,12 +63,22 @@ func (c *Controller) decide(ctx context.Context, st *certState, d desired, sec *
 		return decision{why: reasonKeyType, leaf: leaf}
 	case dir != c.cfg.Issuer.DirectoryURL():
 		return decision{why: reasonDirectory, leaf: leaf}
+	case profileChanged(sec, d.options.profile):
+		return decision{why: reasonProfile, leaf: leaf}
 	}
 	at := c.renewAt(ctx, st, leaf)
 	if c.now().Before(at) {
 		return decision{leaf: leaf, renewAt: at}
 	}
 	return decision{why: reasonRenewal, leaf: leaf, renewAt: at}
+}
+
+// profileChanged reports whether sec records a profile other than profile. A
+// Secret that records none (stored before profiles were recorded) is taken as
+// it is: no re-issue of every certificate on an upgrade.
+func profileChanged(sec *corev1.Secret, profile string) bool {
+	recorded, ok := sec.Annotations[core.AnnotationProfile]
+	return ok && recorded != profile
 }
 
 // replacedMomentsAgo reports whether leaf is older than the certificate this

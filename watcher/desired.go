@@ -28,7 +28,7 @@ const (
 	AnnotationPathType = AnnotationPrefix + "path-type"
 	// AnnotationProfile asks the CA for a certificate profile it offers (e.g.
 	// Let's Encrypt's "shortlived" or "tlsserver"); default: the CA's default.
-	AnnotationProfile = AnnotationPrefix + "profile"
+	AnnotationProfile = core.AnnotationProfile
 	// AnnotationManagedTLS records the spec.tls entry ingress-acme added to an
 	// Ingress that had none (JSON: the Secret and the hosts written), so that
 	// the entry keeps following the rule hosts until the user edits it.

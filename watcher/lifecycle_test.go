@@ -173,3 +173,58 @@ func TestAddedSpecTLSFollowsRuleHosts(t *testing.T) {
 		}
 	}
 }
+
+func TestProfileChangeReissues(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	// A Secret stored before profiles were recorded is taken as it is.
+	sec, _ := f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
+	delete(sec.Annotations, AnnotationProfile)
+	if _, err := f.client.CoreV1().Secrets("ns").Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
+	ing.Annotations = map[string]string{AnnotationTLSACME: "true", AnnotationProfile: "shortlived"}
+	if _, err := f.client.NetworkingV1().Ingresses("ns").Update(context.Background(), ing, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitSecretCached(t, f, func(s map[string]string) bool { _, has := s[AnnotationProfile]; return !has })
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 1 {
+		t.Fatalf("orders with an unrecorded profile: got %d, want 1 (no re-issue on upgrade)", got)
+	}
+	// A recorded profile other than the one asked for re-issues.
+	sec, _ = f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
+	sec.Annotations[AnnotationProfile] = ""
+	if _, err := f.client.CoreV1().Secrets("ns").Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitSecretCached(t, f, func(s map[string]string) bool { _, has := s[AnnotationProfile]; return has })
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 2 {
+		t.Errorf("orders after the profile changed: got %d, want 2", got)
+	}
+	sec, _ = f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
+	if got := sec.Annotations[AnnotationProfile]; got != "shortlived" {
+		t.Errorf("recorded profile: got %q, want shortlived", got)
+	}
+}
+
+// waitSecretCached waits until the cached shop-tls Secret's annotations satisfy ok.
+func waitSecretCached(t *testing.T, f *fixture, ok func(map[string]string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if s, err := f.c.secretLister.Secrets("ns").Get("shop-tls"); err == nil && ok(s.Annotations) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("secret cache did not catch up")
+}

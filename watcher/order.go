@@ -153,7 +153,7 @@ func (o *order) stillWanted() bool {
 
 // store is step 6: the Secret holds the certificate.
 func (o *order) store(ctx context.Context) error {
-	err := o.c.cfg.Secrets.Write(ctx, o.current, o.d.namespace, o.d.secret, o.chain, o.privKey, o.c.cfg.Issuer.DirectoryURL())
+	err := o.c.cfg.Secrets.Write(ctx, o.current, o.d.namespace, o.d.secret, o.chain, o.privKey, o.c.cfg.Issuer.DirectoryURL(), o.d.options.profile)
 	if err == nil {
 		o.c.cfg.Fault(core.FaultSecretWritten)
 	}

@@ -41,9 +41,10 @@ type Secrets interface {
 	Get(ctx context.Context, namespace, name string) (*corev1.Secret, error)
 	// Read parses a certificate Secret: its leaf, key type and issuing directory.
 	Read(s *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, directory string, err error)
-	// Write stores chainPEM and key in namespace/name, updating current (as last
-	// seen, nil if none) and never a Secret that is not ours.
-	Write(ctx context.Context, current *corev1.Secret, namespace, name string, chainPEM []byte, key crypto.Signer, directory string) error
+	// Write stores chainPEM and key in namespace/name, recording the directory
+	// and profile it was ordered with (core.AnnotationProfile), updating current
+	// (as last seen, nil if none) and never a Secret that is not ours.
+	Write(ctx context.Context, current *corev1.Secret, namespace, name string, chainPEM []byte, key crypto.Signer, directory, profile string) error
 	// NewKey generates a private key of keyType.
 	NewKey(keyType core.KeyType) (crypto.Signer, error)
 }

@@ -69,7 +69,7 @@ func (b *bench) restart(ctx context.Context) error {
 	t0 = time.Now()
 	if err := b.parallel(ctx, n, func(i int) error {
 		key := certs[i].Key
-		s, err := secrets.Build(ns, batch[i]+"-tls", certs[i].ChainPEM, key, ca.Directory)
+		s, err := secrets.Build(ns, batch[i]+"-tls", certs[i].ChainPEM, key, ca.Directory, "")
 		if err != nil {
 			return err
 		}
