@@ -124,7 +124,13 @@ func (c *Controller) renewAt(ctx context.Context, st *certState, leaf *x509.Cert
 	case err != nil:
 		c.log.Warn("renewal information unavailable, using the fallback", "serial", serial, "err", err)
 	case w.Offered():
-		at = w.Start.Add(time.Duration(rand.Int64N(int64(w.End.Sub(w.Start)) + 1)))
+		// Within the window, not in the first half of the lifetime unless the
+		// whole window lies there (the CA wants it replaced early).
+		start := w.Start
+		if half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2); w.End.After(half) {
+			start = later(start, half)
+		}
+		at = start.Add(time.Duration(rand.Int64N(int64(w.End.Sub(start)) + 1)))
 		if w.RetryAfter.After(now) {
 			recheck = w.RetryAfter
 		}

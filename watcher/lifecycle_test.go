@@ -2,7 +2,9 @@ package watcher
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"math/big"
 	"strings"
 	"sync"
 	"testing"
@@ -227,4 +229,30 @@ func waitSecretCached(t *testing.T, f *fixture, ok func(map[string]string) bool)
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Fatal("secret cache did not catch up")
+}
+
+func TestRenewAtKeepsTheFirstHalfUnlessTheWindowIsThere(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now()
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(99 * time.Minute)}
+	half := leaf.NotBefore.Add(50 * time.Minute)
+	for _, tt := range []struct {
+		name       string
+		start, end time.Time
+		lo, hi     time.Time
+	}{
+		{"window over the whole life", leaf.NotBefore, leaf.NotAfter, half, leaf.NotAfter.Add(-10 * time.Minute)},
+		{"window in the first half", leaf.NotBefore.Add(5 * time.Minute), leaf.NotBefore.Add(10 * time.Minute), leaf.NotBefore.Add(5 * time.Minute), leaf.NotBefore.Add(10 * time.Minute)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f.issuer.window = func(*x509.Certificate) (time.Time, time.Time, bool) { return tt.start, tt.end, true }
+			for range 50 {
+				st := &certState{serial: "1"} // known: the CA is asked now
+				at := f.c.renewAt(context.Background(), st, leaf)
+				if at.Before(tt.lo) || at.After(tt.hi) {
+					t.Fatalf("renewal at %s: want within [%s, %s]", at.Sub(leaf.NotBefore), tt.lo.Sub(leaf.NotBefore), tt.hi.Sub(leaf.NotBefore))
+				}
+			}
+		})
+	}
 }
