@@ -30,10 +30,16 @@ type order struct {
 	log     *slog.Logger
 	start   time.Time
 
-	placed    core.Order    // step 2
-	presented bool          // step 3 has begun: the Ingresses may hold our paths
-	privKey   crypto.Signer // step 5
-	chain     []byte        // step 5
+	placed    core.Order     // step 2
+	presented bool           // step 3 has begun: the Ingresses may hold our paths
+	newKey    chan keyResult // step 5's key, generated while the CA validates
+	privKey   crypto.Signer  // step 5
+	chain     []byte         // step 5
+}
+
+type keyResult struct {
+	key crypto.Signer
+	err error
 }
 
 // run places (or resumes) the order and sees it through; whatever happens, what
@@ -41,6 +47,13 @@ type order struct {
 // by the next sync, from the journal).
 func (o *order) run(ctx context.Context) result {
 	o.announce()
+	// A new key can take seconds (RSA 4096): make it while the order waits on
+	// the ingress and the CA, not after.
+	o.newKey = make(chan keyResult, 1)
+	go func() {
+		key, err := o.c.cfg.Secrets.NewKey(o.d.options.keyType)
+		o.newKey <- keyResult{key, err}
+	}()
 	// The solver Service first: what lies between placing the order and
 	// journalling it is lost if the process dies there, so keep that short.
 	err := o.c.cfg.Solver.Ensure(ctx, o.d.namespace)
@@ -131,12 +144,14 @@ func (o *order) selfCheck(ctx context.Context) error {
 	return o.c.cfg.Issuer.Validate(ctx, o.placed)
 }
 
-// finalize is step 5: a fresh key, and the certificate for it.
+// finalize is step 5: a fresh key (made since the order began), and the
+// certificate for it.
 func (o *order) finalize(ctx context.Context) error {
-	key, err := o.c.cfg.Secrets.NewKey(o.d.options.keyType)
-	if err != nil {
-		return err
+	k := <-o.newKey
+	if k.err != nil {
+		return k.err
 	}
+	key := k.key
 	chain, err := o.c.cfg.Issuer.Finalize(ctx, o.placed, key)
 	if err != nil {
 		return err
