@@ -95,16 +95,7 @@ func scrape(c *controller, name string, labels ...string) map[string]float64 {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		match := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			if !strings.Contains(line, labels[i]+`="`+labels[i+1]+`"`) {
-				match = false
-			}
-		}
-		if !match {
+		if !testbed.MetricLine(line, name, labels...) {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')

@@ -390,16 +390,7 @@ func (c *Controller) Metric(name string, labels ...string) (value float64, ok bo
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		match := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			if !strings.Contains(line, labels[i]+`="`+labels[i+1]+`"`) {
-				match = false
-			}
-		}
-		if !match {
+		if !MetricLine(line, name, labels...) {
 			continue
 		}
 		fields := strings.Fields(line)
@@ -426,4 +417,18 @@ func FreeAddr() (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// MetricLine reports whether line, of the Prometheus text format, is a sample
+// of metric name carrying every label=value pair of labels.
+func MetricLine(line, name string, labels ...string) bool {
+	if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+		return false
+	}
+	for i := 0; i+1 < len(labels); i += 2 {
+		if !strings.Contains(line, labels[i]+`="`+labels[i+1]+`"`) {
+			return false
+		}
+	}
+	return true
 }
