@@ -33,6 +33,7 @@ type Config struct {
 	SolverAddressType   string
 	SolverPort          int32
 	SolverService       string
+	SolverPeersService  string
 	SelfCheckAddress    string
 	SelfCheckTimeout    time.Duration
 	Workers             int
@@ -129,6 +130,7 @@ func addSolverFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.SolverAddressType, "solver-address-type", "auto", "EndpointSlice addressType: IPv4, IPv6, FQDN, or auto (from the address)")
 	fs.Int32Var(&c.SolverPort, "solver-port", 0, "port the solver EndpointSlice advertises; 0: the challenge server's listen port")
 	fs.StringVar(&c.SolverService, "solver-service", "ingress-acme-solver", "name of the solver Service and EndpointSlice created in each namespace with challenges")
+	fs.StringVar(&c.SolverPeersService, "solver-peers-service", "", "Service in --controller-namespace that selects every replica (Kubernetes keeps its EndpointSlices from their readiness): the solver EndpointSlices list its ready endpoints, so any replica answers a challenge; empty: this process's --solver-address alone")
 	fs.StringVar(&c.SelfCheckAddress, "self-check-address", "", "host:port to send self-checks to (the ingress controller's in-cluster HTTP address, with the Host header set), for clusters without hairpin NAT; empty: the host itself")
 	fs.DurationVar(&c.SelfCheckTimeout, "self-check-timeout", 2*time.Minute, "how long a challenge may take to answer through the ingress")
 }

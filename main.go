@@ -98,7 +98,10 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	challenges := solver.NewServer(m.ChallengeRequest)
-	ctrl, err := newController(cfg, client, m, logger, issuer, challenges, solverPort)
+	services := solver.NewServices(client, cfg.SolverService, solver.Endpoint{
+		Address: cfg.SolverAddress, AddressType: discoveryv1.AddressType(cfg.SolverAddressType), Port: solverPort,
+	})
+	ctrl, err := newController(cfg, client, m, logger, issuer, challenges, services)
 	if err != nil {
 		return err
 	}
@@ -111,11 +114,17 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	serve(ctx, g, solver.NewHTTPServer(cfg.ChallengeAddr, challenges), challengeLn)
 	serve(ctx, g, &http.Server{Handler: opsHandler(reg, ctrl, &leading, cfg.LeaderElect), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}, metricsLn)
+	if cfg.SolverPeersService != "" {
+		g.Go(func() error {
+			return services.FollowPeers(ctx, cfg.ControllerNamespace, cfg.SolverPeersService, cfg.Namespace, logger)
+		})
+	}
 	g.Go(func() error {
 		if !cfg.LeaderElect {
 			leading.set(cfg.LeaderElectionID, true)
 			return ctrl.Run(ctx)
 		}
+		ctrl.Follow(ctx) // answer the leader's challenges, and be ready to take over
 		return runLeaderElected(ctx, cfg, client, logger, &leading, ctrl.Run)
 	})
 	return g.Wait()
@@ -174,17 +183,15 @@ func newIssuer(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logg
 }
 
 // newController wires the controller to its concrete parts.
-func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logger *slog.Logger, issuer watcher.Issuer, challenges *solver.Server, solverPort int32) (*watcher.Controller, error) {
+func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logger *slog.Logger, issuer watcher.Issuer, challenges *solver.Server, services *solver.Services) (*watcher.Controller, error) {
 	return watcher.New(watcher.Config{
-		Client:     client,
-		Namespace:  cfg.Namespace,
-		Issuer:     issuer,
-		Secrets:    secrets.NewStore(client),
-		States:     secrets.NewStates(client, cfg.ControllerNamespace),
-		Challenges: challenges,
-		Solver: solver.NewServices(client, cfg.SolverService, solver.Endpoint{
-			Address: cfg.SolverAddress, AddressType: discoveryv1.AddressType(cfg.SolverAddressType), Port: solverPort,
-		}),
+		Client:            client,
+		Namespace:         cfg.Namespace,
+		Issuer:            issuer,
+		Secrets:           secrets.NewStore(client),
+		States:            secrets.NewStates(client, cfg.ControllerNamespace),
+		Challenges:        challenges,
+		Solver:            services,
 		SelfCheck:         solver.NewSelfCheck(cfg.SelfCheckAddress, cfg.SelfCheckTimeout, m.SelfCheck),
 		Metrics:           m,
 		Logger:            logger,
@@ -246,7 +253,7 @@ func ready(ctrl *watcher.Controller, leading *leaderState, electing bool) string
 	if electing && identity == "" {
 		return "leader not known"
 	}
-	if self && !ctrl.Ready() {
+	if !ctrl.Synced() || (self && !ctrl.Ready()) {
 		return "caches not synced"
 	}
 	return ""

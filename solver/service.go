@@ -25,16 +25,18 @@ type Endpoint struct {
 }
 
 // Services keeps, in each namespace that has a challenge, a selector-less Service
-// (port 80) and an EndpointSlice naming Endpoint, so that an Ingress path can
-// route to the challenge server. It is safe for concurrent use.
+// (port 80) and an EndpointSlice naming the challenge servers, so that an
+// Ingress path can route to them: this process's Endpoint, or every ready
+// replica once FollowPeers knows them. It is safe for concurrent use.
 type Services struct {
 	client   kubernetes.Interface
 	name     string
 	endpoint Endpoint
 
-	// mu guards ensured.
+	// mu guards ensured and peers.
 	mu      sync.Mutex
 	ensured map[string]bool // namespaces found or made right since the last Forget
+	peers   peers           // the ready replicas; none: endpoint alone
 }
 
 // NewServices returns Services that write through client a Service and
@@ -118,11 +120,18 @@ func (s *Services) ensureService(ctx context.Context, namespace string) error {
 	return nil
 }
 
-func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
-	api := s.client.DiscoveryV1().EndpointSlices(namespace)
+// wantSlice is the EndpointSlice namespace should have: every ready replica, or
+// this process alone while none is known.
+func (s *Services) wantSlice(namespace string) discoveryv1.EndpointSlice {
+	s.mu.Lock()
+	p := s.peers
+	s.mu.Unlock()
+	if len(p.addresses) == 0 {
+		p = peers{addressType: s.endpoint.AddressType, addresses: []string{s.endpoint.Address}}
+	}
 	name, protocol, ready := "http", corev1.ProtocolTCP, true
 	port := s.endpoint.Port
-	want := discoveryv1.EndpointSlice{
+	slice := discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      s.name,
 			Namespace: namespace,
@@ -132,13 +141,21 @@ func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
 				core.LabelManagedBy:          core.ManagedBy,
 			},
 		},
-		AddressType: s.endpoint.AddressType,
-		Endpoints: []discoveryv1.Endpoint{{
-			Addresses:  []string{s.endpoint.Address},
-			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
-		}},
-		Ports: []discoveryv1.EndpointPort{{Name: &name, Protocol: &protocol, Port: &port}},
+		AddressType: p.addressType,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &protocol, Port: &port}},
 	}
+	for _, a := range p.addresses {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{a},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+		})
+	}
+	return slice
+}
+
+func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
+	api := s.client.DiscoveryV1().EndpointSlices(namespace)
+	want := s.wantSlice(namespace)
 	cur, err := api.Get(ctx, s.name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		_, err = api.Create(ctx, &want, metav1.CreateOptions{})
@@ -153,28 +170,54 @@ func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
 	if cur.Labels[discoveryv1.LabelManagedBy] != core.ManagedBy {
 		return fmt.Errorf("endpointslice %s/%s exists and is not managed by ingress-acme", namespace, s.name)
 	}
-	if cur.AddressType == want.AddressType && sliceMatches(cur, s.endpoint) {
+	return s.updateSlice(ctx, cur, &want)
+}
+
+// updateSlice makes cur, an EndpointSlice of ours, what want says.
+func (s *Services) updateSlice(ctx context.Context, cur, want *discoveryv1.EndpointSlice) error {
+	namespace := cur.Namespace
+	api := s.client.DiscoveryV1().EndpointSlices(namespace)
+	if sliceMatches(cur, want) {
 		return nil
 	}
 	if cur.AddressType != want.AddressType { // immutable: replace the slice
 		if err := api.Delete(ctx, s.name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("replace endpointslice %s/%s: %w", namespace, s.name, err)
 		}
-		if _, err := api.Create(ctx, &want, metav1.CreateOptions{}); err != nil {
+		if _, err := api.Create(ctx, want, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create endpointslice %s/%s: %w", namespace, s.name, err)
 		}
 		return nil
 	}
+	want = want.DeepCopy()
 	want.ResourceVersion = cur.ResourceVersion
-	if _, err := api.Update(ctx, &want, metav1.UpdateOptions{}); err != nil {
+	if _, err := api.Update(ctx, want, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("update endpointslice %s/%s: %w", namespace, s.name, err)
 	}
 	return nil
 }
 
-func sliceMatches(s *discoveryv1.EndpointSlice, e Endpoint) bool {
-	return len(s.Endpoints) == 1 && slices.Equal(s.Endpoints[0].Addresses, []string{e.Address}) &&
-		s.Endpoints[0].Conditions.Ready != nil && *s.Endpoints[0].Conditions.Ready &&
-		len(s.Ports) == 1 && s.Ports[0].Port != nil && *s.Ports[0].Port == e.Port &&
-		s.Ports[0].Name != nil && *s.Ports[0].Name == "http"
+// sliceMatches reports whether cur routes where want does: the same address
+// type, ready addresses and port.
+func sliceMatches(cur, want *discoveryv1.EndpointSlice) bool {
+	ready := func(s *discoveryv1.EndpointSlice) []string {
+		var out []string
+		for _, e := range s.Endpoints {
+			if e.Conditions.Ready != nil && *e.Conditions.Ready {
+				out = append(out, e.Addresses...)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	port := func(s *discoveryv1.EndpointSlice) (string, int32) {
+		if len(s.Ports) != 1 || s.Ports[0].Port == nil || s.Ports[0].Name == nil {
+			return "", 0
+		}
+		return *s.Ports[0].Name, *s.Ports[0].Port
+	}
+	curName, curPort := port(cur)
+	wantName, wantPort := port(want)
+	return cur.AddressType == want.AddressType && len(cur.Endpoints) == len(want.Endpoints) &&
+		slices.Equal(ready(cur), ready(want)) && curName == wantName && curPort == wantPort
 }

@@ -97,12 +97,13 @@ type Controller struct {
 	flights       *flights // orders in flight, run outside the workers
 	presenter     presenter
 
-	// mu guards the state and uncovered maps and ready. A certState itself is only touched by
+	// mu guards the state and uncovered maps, ready and started. A certState itself is only touched by
 	// the worker holding its key, which the queue gives to one worker at a time.
 	mu        sync.Mutex
 	state     map[string]*certState // by key
 	uncovered map[string]string     // Ingress (namespace/name) -> its hosts without TLS, as last reported
 	ready     bool
+	started   bool // the informers
 }
 
 const (
@@ -212,14 +213,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
 	defer c.broadcaster.Shutdown()
 	defer c.queue.ShutDown()
-	for _, f := range c.factories {
-		f.Start(ctx.Done())
+	if c.start(ctx) {
+		defer func() {
+			for _, f := range c.factories {
+				f.Shutdown()
+			}
+		}()
 	}
-	defer func() {
-		for _, f := range c.factories {
-			f.Shutdown()
-		}
-	}()
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return errors.New("watcher: caches did not sync")
 	}
@@ -244,6 +244,40 @@ func (c *Controller) Run(ctx context.Context) error {
 	return nil
 }
 
+// Follow starts the informers until ctx ends, for a replica that does not
+// lead (yet): it answers the challenges journalled on Ingresses (see answer),
+// and its caches are warm when it takes over. Run, called later with a shorter
+// context, uses these informers instead of starting its own.
+func (c *Controller) Follow(ctx context.Context) {
+	c.start(ctx)
+}
+
+// start starts the informers until ctx ends, once; it reports whether this
+// call started them.
+func (c *Controller) start(ctx context.Context) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.started {
+		return false
+	}
+	c.started = true
+	for _, f := range c.factories {
+		f.Start(ctx.Done())
+	}
+	return true
+}
+
+// Synced reports whether the informers' caches have synced: from then on the
+// process answers every journalled challenge.
+func (c *Controller) Synced() bool {
+	for _, s := range c.synced {
+		if !s() {
+			return false
+		}
+	}
+	return true
+}
+
 // Ready reports whether the caches have synced and workers run.
 func (c *Controller) Ready() bool {
 	c.mu.Lock()
@@ -260,6 +294,8 @@ func (c *Controller) ingressChanged(old, obj any) {
 		return
 	}
 	c.ingressEvents.fire(ing.Namespace + "/" + ing.Name)
+	o, _ := asIngress(old)
+	c.answer(o, ing)
 	var keys []string
 	if old != nil {
 		o, ok := asIngress(old)
@@ -283,6 +319,7 @@ func (c *Controller) ingressChanged(old, obj any) {
 func (c *Controller) ingressDeleted(obj any) {
 	c.ingressChanged(nil, obj)
 	if ing, ok := asIngress(obj); ok {
+		c.answer(ing, nil)
 		c.mu.Lock()
 		delete(c.uncovered, ing.Namespace+"/"+ing.Name)
 		c.mu.Unlock()

@@ -25,10 +25,19 @@ type Entry struct {
 	// Order is the URL of the order the token belongs to, so that whoever
 	// finds the entry can continue that order instead of placing a new one.
 	Order string `json:"order,omitempty"`
+	// KeyAuth is the token's key authorization, which the CA fetches: public,
+	// and what every replica needs to answer the challenge (see answer.go).
+	KeyAuth string `json:"keyAuth,omitempty"`
 }
 
 // Path is the URL path the entry's challenge is served at.
 func (e Entry) Path() string { return core.ChallengePathPrefix + e.Token }
+
+// samePath reports whether e and o journal the same path for the same
+// certificate (a journal written before keyAuth was recorded lacks it).
+func (e Entry) samePath(o Entry) bool {
+	return e.Secret == o.Secret && strings.EqualFold(e.Host, o.Host) && e.Token == o.Token
+}
 
 // readJournal returns the entries journalled on ing, none when it has no journal.
 // An unparsable journal is an error.
@@ -69,7 +78,7 @@ func insertPaths(ing *networkingv1.Ingress, entries []Entry, service string, pat
 	}
 	changed := false
 	for _, e := range entries {
-		if slices.Contains(journal, e) {
+		if slices.ContainsFunc(journal, e.samePath) {
 			continue
 		}
 		journal = append(journal, e)

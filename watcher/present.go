@@ -44,7 +44,7 @@ func entriesByIngress(d desired, o core.Order) map[string][]Entry {
 	for _, ch := range o.Challenges {
 		host := strings.ToLower(ch.Host)
 		name := d.hostIngress[host].Name
-		byIngress[name] = append(byIngress[name], Entry{Secret: d.secret, Host: host, Token: ch.Token, Order: o.URL})
+		byIngress[name] = append(byIngress[name], Entry{Secret: d.secret, Host: host, Token: ch.Token, Order: o.URL, KeyAuth: ch.KeyAuth})
 	}
 	return byIngress
 }
