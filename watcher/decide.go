@@ -135,12 +135,22 @@ func (c *Controller) renewAt(ctx context.Context, st *certState, leaf *x509.Cert
 			recheck = w.RetryAfter
 		}
 	}
-	lifetime := leaf.NotAfter.Sub(leaf.NotBefore)
-	if latest := leaf.NotAfter.Add(-lifetime / 10); at.After(latest) {
+	if latest := leaf.NotAfter.Add(-renewalMargin(leaf)); at.After(latest) {
 		at = latest
 	}
 	st.serial, st.renewAt, st.recheck = serial, at, earlier(recheck, at)
 	return at
+}
+
+// renewalMargin is the least time before expiry a renewal is planned for,
+// whatever the CA's window says: a tenth of the lifetime, and for certificates
+// that live minutes, a third of it up to a minute, as a renewal takes seconds
+// (a new RSA key, the CA, the ingress controller picking the Secret up) however
+// short the certificate (a 20 s one was served expired with a tenth, 2 s; found
+// by the soak, seed 21).
+func renewalMargin(leaf *x509.Certificate) time.Duration {
+	lifetime := leaf.NotAfter.Sub(leaf.NotBefore)
+	return max(lifetime/10, min(lifetime/3, time.Minute))
 }
 
 // firstLook bounds how long after first seeing a certificate the CA is asked

@@ -256,3 +256,28 @@ func TestRenewAtKeepsTheFirstHalfUnlessTheWindowIsThere(t *testing.T) {
 		})
 	}
 }
+
+// However late the CA's window ends, a renewal is planned a tenth of the
+// lifetime before expiry, and for a certificate living minutes a third of it
+// up to a minute: renewing takes seconds whatever the lifetime.
+func TestRenewAtKeepsAMarginBeforeExpiry(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now()
+	for _, tt := range []struct {
+		lifetime, margin time.Duration
+	}{
+		{20 * time.Second, 20 * time.Second / 3},
+		{6 * time.Minute, time.Minute},
+		{100 * time.Minute, 10 * time.Minute},
+		{6 * 24 * time.Hour, 6 * 24 * time.Hour / 10},
+	} {
+		leaf := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: now, NotAfter: now.Add(tt.lifetime)}
+		end := leaf.NotAfter.Add(-time.Millisecond)
+		f.issuer.window = func(*x509.Certificate) (time.Time, time.Time, bool) { return end.Add(-time.Millisecond), end, true }
+		st := &certState{serial: "1"} // known: the CA is asked now
+		at := f.c.renewAt(context.Background(), st, leaf)
+		if want := leaf.NotAfter.Add(-tt.margin); !at.Equal(want) {
+			t.Errorf("lifetime %s, window at its very end: renewal %s before expiry, want %s", tt.lifetime, leaf.NotAfter.Sub(at), tt.margin)
+		}
+	}
+}
