@@ -74,14 +74,14 @@ func TestFollowPeers(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.FollowPeers(ctx, "ingress-acme", "ingress-acme", "", slog.New(slog.DiscardHandler)) }()
 
-	slices := client.DiscoveryV1().EndpointSlices("ingress-acme")
-	src, err := slices.Create(ctx, replicaSlice("ingress-acme-x", discoveryv1.AddressTypeIPv4,
+	srcAPI := client.DiscoveryV1().EndpointSlices("ingress-acme")
+	src, err := srcAPI.Create(ctx, replicaSlice("ingress-acme-x", discoveryv1.AddressTypeIPv4,
 		map[string]bool{"10.0.0.7": true, "10.0.0.8": true, "10.0.0.9": false}), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// An IPv6 slice of a dual-stack Service is left aside: ours are IPv4.
-	if _, err := slices.Create(ctx, replicaSlice("ingress-acme-y", discoveryv1.AddressTypeIPv6,
+	if _, err := srcAPI.Create(ctx, replicaSlice("ingress-acme-y", discoveryv1.AddressTypeIPv6,
 		map[string]bool{"fd00::7": true}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestFollowPeers(t *testing.T) {
 
 	// The leader (10.0.0.7) dies: Kubernetes marks it not ready.
 	src = replicaSlice(src.Name, discoveryv1.AddressTypeIPv4, map[string]bool{"10.0.0.7": false, "10.0.0.8": true, "10.0.0.9": true})
-	if _, err := slices.Update(ctx, src, metav1.UpdateOptions{}); err != nil {
+	if _, err := srcAPI.Update(ctx, src, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitAddresses(t, client, "shop", "10.0.0.8", "10.0.0.9")
@@ -104,10 +104,10 @@ func TestFollowPeers(t *testing.T) {
 
 	// No replica ready (all restarting): the slices stay as they were rather
 	// than flap to whichever process writes last.
-	if err := slices.Delete(ctx, src.Name, metav1.DeleteOptions{}); err != nil {
+	if err := srcAPI.Delete(ctx, "ingress-acme-y", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := slices.Delete(ctx, "ingress-acme-y", metav1.DeleteOptions{}); err != nil {
+	if err := srcAPI.Delete(ctx, src.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
