@@ -59,7 +59,8 @@ func (li *liveIngress) key() string { return li.ns + "/" + li.plan.name() }
 // soakReplica is one controller replica.
 type soakReplica struct {
 	*controller
-	name string // also its --leader-election-id
+	name    string // also its --leader-election-id
+	address string // its challenge server's loopback address
 }
 
 // soakStats are the run's figures.
@@ -91,6 +92,7 @@ type soak struct {
 	apiProxy  *testbed.Proxy // the controller's way to the API server
 	roots     caRoots
 	replicas  []*soakReplica
+	peers     *soakPeers
 
 	// vmu guards violations and violationOrder.
 	vmu            sync.Mutex
@@ -288,10 +290,13 @@ func (s *soak) setup() {
 	if !s.exclusive {
 		watch = s.nsNames[0]
 	}
-	for _, name := range []string{"soak-a", "soak-b"} {
+	if s.peers, err = newSoakPeers(s.ctlNS); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"soak-a", "soak-b"} {
 		c := newControllerWith(t, testbed.ControllerOptions{
 			Namespace: s.ctlNS, Dir: t.TempDir(), Kubeconfig: kubeconfig,
-			Extra: append(slices.Clone(e2eFlags),
+			Extra: append(append(slices.Clone(e2eFlags), s.peers.flags(i)...),
 				"--log-level", "info",
 				"--namespace", watch,
 				"--acme-directory", "https://"+s.caProxy.Addr+pebbleURL.Path,
@@ -300,7 +305,7 @@ func (s *soak) setup() {
 				"--leader-election-id", name,
 			),
 		})
-		s.replicas = append(s.replicas, &soakReplica{controller: c, name: name})
+		s.replicas = append(s.replicas, &soakReplica{controller: c, name: name, address: s.peers.address(i)})
 	}
 	s.start = time.Now()
 	for _, r := range s.replicas {
@@ -725,6 +730,7 @@ func (s *soak) startReplica(r *soakReplica) bool {
 		s.stats.controllerStarts++
 		s.mu.Unlock()
 		if err == nil {
+			s.peerReady(r, true)
 			return true
 		}
 		s.stopReplica(r, syscall.SIGKILL)
@@ -733,9 +739,18 @@ func (s *soak) startReplica(r *soakReplica) bool {
 	return false
 }
 
+// peerReady marks r ready or not in the replicas' EndpointSlice, as
+// Kubernetes would from its readiness probe.
+func (s *soak) peerReady(r *soakReplica, ready bool) {
+	if err := s.peers.set(r.address, ready); err != nil {
+		s.violate(invControllerRun, "replica "+r.name, "could not mark its endpoint ready=%v: %v", ready, err)
+	}
+}
+
 // stopReplica ends r with sig and closes its run.
 func (s *soak) stopReplica(r *soakReplica, sig syscall.Signal) {
 	r.checkExit(r.Signal(sig))
+	s.peerReady(r, false)
 	s.fmu.Lock()
 	defer s.fmu.Unlock()
 	for i := range s.runs {
