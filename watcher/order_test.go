@@ -1,0 +1,65 @@
+package watcher
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
+)
+
+// overlapIssuer's Validate (the wait on the CA) returns only once the new key
+// is being made, and overlapKeys' NewKey only once the CA is validating: they
+// finish only if the key is made while the order waits on the CA.
+type overlapIssuer struct {
+	*fakeIssuer
+	keyStarted, validating chan struct{}
+}
+
+func (o overlapIssuer) Validate(ctx context.Context, ord core.Order) error {
+	close(o.validating)
+	select {
+	case <-o.keyStarted:
+		return o.fakeIssuer.Validate(ctx, ord)
+	case <-time.After(2 * time.Second):
+		return errors.New("the new key was not being made while the CA validated")
+	}
+}
+
+type overlapKeys struct {
+	Secrets
+	keyStarted, validating chan struct{}
+}
+
+func (o overlapKeys) NewKey(kt core.KeyType) (crypto.Signer, error) {
+	close(o.keyStarted)
+	select {
+	case <-o.validating:
+		return o.Secrets.NewKey(kt)
+	case <-time.After(2 * time.Second):
+		return nil, errors.New("the CA was not validating while the key was made")
+	}
+}
+
+// The new key (seconds for RSA 4096) is made while the order waits on the
+// ingress and the CA, not after: a short-lived certificate's renewal lost
+// that much of its margin (found by the soak, seed 84).
+func TestNewKeyWhileTheCAValidates(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	keyStarted, validating := make(chan struct{}), make(chan struct{})
+	f.c.cfg.Issuer = overlapIssuer{fakeIssuer: f.issuer, keyStarted: keyStarted, validating: validating}
+	f.c.cfg.Secrets = overlapKeys{Secrets: f.c.cfg.Secrets, keyStarted: keyStarted, validating: validating}
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.issuer.count(); got != 1 {
+		t.Fatalf("orders: got %d, want 1", got)
+	}
+	if _, err := f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{}); err != nil {
+		t.Fatalf("no certificate stored: %v", err)
+	}
+}
