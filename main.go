@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -137,6 +138,10 @@ func kubeClient(cfg Config) (kubernetes.Interface, error) {
 		return nil, err
 	}
 	restCfg.QPS, restCfg.Burst = cfg.APIQPS, cfg.APIBurst
+	// Protobuf for every built-in type we read: a list of thousands of Secrets
+	// decodes in a fraction of the memory and CPU that JSON (base64 data) takes.
+	restCfg.ContentType = runtime.ContentTypeProtobuf
+	restCfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	restCfg.UserAgent = "ingress-acme/" + version
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
