@@ -175,15 +175,7 @@ func stopServing(t *testing.T, ns, addr string) {
 		if !slices.ContainsFunc(sl.Ports, func(p discoveryv1.EndpointPort) bool { return p.Port != nil && fmt.Sprint(*p.Port) == port }) {
 			continue
 		}
-		changed := false
-		for i, e := range sl.Endpoints {
-			if slices.Contains(e.Addresses, h) {
-				no := false
-				sl.Endpoints[i].Conditions.Ready, sl.Endpoints[i].Conditions.Serving = &no, &no
-				changed = true
-			}
-		}
-		if !changed {
+		if !markNotServing(&sl, h) {
 			continue
 		}
 		if _, err := api.Update(context.Background(), &sl, metav1.UpdateOptions{}); err != nil {
@@ -192,6 +184,20 @@ func stopServing(t *testing.T, ns, addr string) {
 		}
 		t.Logf("EndpointSlice %s: endpoint %s marked not serving", sl.Name, addr)
 	}
+}
+
+// markNotServing marks the endpoints of sl at addr neither ready nor serving,
+// and reports whether there were any.
+func markNotServing(sl *discoveryv1.EndpointSlice, addr string) bool {
+	found := false
+	for i, e := range sl.Endpoints {
+		if slices.Contains(e.Addresses, addr) {
+			no := false
+			sl.Endpoints[i].Conditions.Ready, sl.Endpoints[i].Conditions.Serving = &no, &no
+			found = true
+		}
+	}
+	return found
 }
 
 // A controller restarted with 1,000 valid certificates orders nothing and

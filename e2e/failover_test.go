@@ -100,15 +100,7 @@ func peerDied(t *testing.T, cs kubernetes.Interface, ns, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := false
-	for i, e := range sl.Endpoints {
-		if slices.Contains(e.Addresses, addr) {
-			no := false
-			sl.Endpoints[i].Conditions.Ready, sl.Endpoints[i].Conditions.Serving = &no, &no
-			found = true
-		}
-	}
-	if !found {
+	if !markNotServing(sl, addr) {
 		t.Fatalf("no endpoint %s in EndpointSlice %s", addr, peersService)
 	}
 	if _, err := api.Update(context.Background(), sl, metav1.UpdateOptions{}); err != nil {

@@ -32,14 +32,7 @@ func sliceAddresses(client *fake.Clientset, ns string) []string {
 	if err != nil {
 		return nil
 	}
-	var out []string
-	for _, e := range s.Endpoints {
-		if e.Conditions.Ready != nil && *e.Conditions.Ready {
-			out = append(out, e.Addresses...)
-		}
-	}
-	slices.Sort(out)
-	return out
+	return readyAddresses(s)
 }
 
 func waitAddresses(t *testing.T, client *fake.Clientset, ns string, want ...string) {

@@ -200,16 +200,6 @@ func (s *Services) updateSlice(ctx context.Context, cur, want *discoveryv1.Endpo
 // sliceMatches reports whether cur routes where want does: the same address
 // type, ready addresses and port.
 func sliceMatches(cur, want *discoveryv1.EndpointSlice) bool {
-	ready := func(s *discoveryv1.EndpointSlice) []string {
-		var out []string
-		for _, e := range s.Endpoints {
-			if e.Conditions.Ready != nil && *e.Conditions.Ready {
-				out = append(out, e.Addresses...)
-			}
-		}
-		slices.Sort(out)
-		return out
-	}
 	port := func(s *discoveryv1.EndpointSlice) (string, int32) {
 		if len(s.Ports) != 1 || s.Ports[0].Port == nil || s.Ports[0].Name == nil {
 			return "", 0
@@ -219,5 +209,17 @@ func sliceMatches(cur, want *discoveryv1.EndpointSlice) bool {
 	curName, curPort := port(cur)
 	wantName, wantPort := port(want)
 	return cur.AddressType == want.AddressType && len(cur.Endpoints) == len(want.Endpoints) &&
-		slices.Equal(ready(cur), ready(want)) && curName == wantName && curPort == wantPort
+		slices.Equal(readyAddresses(cur), readyAddresses(want)) && curName == wantName && curPort == wantPort
+}
+
+// readyAddresses is the addresses s lists as ready, sorted.
+func readyAddresses(s *discoveryv1.EndpointSlice) []string {
+	var out []string
+	for _, e := range s.Endpoints {
+		if e.Conditions.Ready != nil && *e.Conditions.Ready {
+			out = append(out, e.Addresses...)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
