@@ -27,6 +27,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	clientfeatures "k8s.io/client-go/features"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -60,12 +61,25 @@ func main() {
 	}
 	logger := newLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
 	klog.SetSlogLogger(logger)
+	clientfeatures.ReplaceFeatureGates(streamingLists{clientfeatures.FeatureGates()})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, logger); err != nil {
 		logger.Error("exiting", "err", err)
 		os.Exit(1)
 	}
+}
+
+// streamingLists turns on client-go's streaming lists (WatchListClient: beta,
+// off by default in client-go 0.34). Informers then receive the initial objects
+// one by one as watch events and transform each as it arrives, so the thousands
+// of Secrets of a big cluster are never all held in full at once. An API server
+// without the feature (on by default from Kubernetes 1.34, off in 1.33) gets a
+// plain list instead.
+type streamingLists struct{ clientfeatures.Gates }
+
+func (g streamingLists) Enabled(f clientfeatures.Feature) bool {
+	return f == clientfeatures.WatchListClient || g.Gates.Enabled(f)
 }
 
 func newLogger(w *os.File, format string, level slog.Level) *slog.Logger {

@@ -1,10 +1,13 @@
 package secrets
 
 import (
+	"fmt"
+
 	"bytes"
 	"context"
 	"crypto"
 	"errors"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"strings"
 	"testing"
 	"time"
@@ -539,6 +542,16 @@ func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
 	_, _, _, fullErr := s.Read(broken)
 	if _, _, _, err := s.Read(obj.(*corev1.Secret)); err == nil || fullErr == nil || err.Error() != fullErr.Error() {
 		t.Errorf("read of a broken summary: got %v, want the full read's error %v", err, fullErr)
+	}
+	// Idempotent: streaming lists transform an object twice (reflector, then
+	// the informer's queue); a summary summarized again stays the same.
+	for _, once := range []*corev1.Secret{sum, obj.(*corev1.Secret)} {
+		twice, _ := Summarize(once)
+		_, _, _, err1 := s.Read(once)
+		_, _, _, err2 := s.Read(twice.(*corev1.Secret))
+		if !equality.Semantic.DeepEqual(twice, once) || fmt.Sprint(err1) != fmt.Sprint(err2) {
+			t.Errorf("summarized twice: got %v (read: %v), want it as summarized once (read: %v)", twice.(*corev1.Secret).Data, err2, err1)
+		}
 	}
 	other := &corev1.Secret{Type: corev1.SecretTypeOpaque, Data: map[string][]byte{"x": []byte("y")}}
 	if obj, _ := Summarize(other); obj != other {

@@ -22,10 +22,15 @@ const summaryKey = "ingress-acme.io/summary"
 // (no managed fields), its leaf certificate, and a summary of its key. The
 // private key and the rest of the chain never sit in the cache, so memory grows
 // slowly with the number of certificates. Anything else passes unchanged. Read
-// understands both forms.
+// understands both forms. It is idempotent, as client-go requires: with
+// streaming lists the reflector transforms each object as it arrives and the
+// informer's queue transforms it again.
 func Summarize(obj any) (any, error) {
 	s, ok := obj.(*corev1.Secret)
 	if !ok || s.Type != corev1.SecretTypeTLS {
+		return obj, nil
+	}
+	if _, done := s.Data[summaryKey]; done {
 		return obj, nil
 	}
 	out := &corev1.Secret{TypeMeta: s.TypeMeta, ObjectMeta: s.ObjectMeta, Type: s.Type}
