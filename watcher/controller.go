@@ -285,45 +285,50 @@ func (c *Controller) Ready() bool {
 	return c.ready
 }
 
-// ingressChanged wakes whoever waits for the Ingress cache (see changes), then
-// queues the certificates old and obj ask for or have challenge paths for.
-// Resyncs (same resourceVersion) queue nothing.
+// ingressChanged answers the tokens obj journals (see answer) and queues what
+// it and old ask for (see queueFor).
 func (c *Controller) ingressChanged(old, obj any) {
 	ing, ok := asIngress(obj)
 	if !ok {
 		return
 	}
+	prev, _ := asIngress(old)
+	c.answer(prev, ing)
+	c.queueFor(prev, ing)
+}
+
+// ingressDeleted stops answering the deleted Ingress's tokens, queues what it
+// asked for and drops what is recorded about it alone.
+func (c *Controller) ingressDeleted(obj any) {
+	ing, ok := asIngress(obj)
+	if !ok {
+		return
+	}
+	c.answer(ing, nil)
+	c.queueFor(nil, ing)
+	c.mu.Lock()
+	delete(c.uncovered, ing.Namespace+"/"+ing.Name)
+	c.mu.Unlock()
+	c.cfg.Metrics.SetHostsWithoutTLS(ing.Namespace, ing.Name, nil)
+}
+
+// queueFor wakes whoever waits for the Ingress cache (see changes), then queues
+// the certificates prev (nil for none) and ing ask for or have challenge paths
+// for. Resyncs (same resourceVersion) queue nothing.
+func (c *Controller) queueFor(prev, ing *networkingv1.Ingress) {
 	c.ingressEvents.fire(ing.Namespace + "/" + ing.Name)
-	o, _ := asIngress(old)
-	c.answer(o, ing)
 	var keys []string
-	if old != nil {
-		o, ok := asIngress(old)
-		if ok && (o.ResourceVersion == ing.ResourceVersion || sameForUs(o, ing)) {
+	if prev != nil {
+		if prev.ResourceVersion == ing.ResourceVersion || sameForUs(prev, ing) {
 			return
 		}
-		if ok {
-			keys = append(append(keys, certKeys(o)...), journalKeys(o)...)
-		}
+		keys = append(append(keys, certKeys(prev)...), journalKeys(prev)...)
 	}
 	keys = append(append(keys, certKeys(ing)...), journalKeys(ing)...)
 	for _, k := range keys {
 		// A key already waiting keeps its earlier time: a burst of changes
 		// settles once, from its first change.
 		c.queue.AddAfter(k, c.cfg.Settle)
-	}
-}
-
-// ingressDeleted queues what the deleted Ingress asked for and drops what is
-// recorded about it alone.
-func (c *Controller) ingressDeleted(obj any) {
-	c.ingressChanged(nil, obj)
-	if ing, ok := asIngress(obj); ok {
-		c.answer(ing, nil)
-		c.mu.Lock()
-		delete(c.uncovered, ing.Namespace+"/"+ing.Name)
-		c.mu.Unlock()
-		c.cfg.Metrics.SetHostsWithoutTLS(ing.Namespace, ing.Name, nil)
 	}
 }
 
