@@ -81,11 +81,13 @@ func profileChanged(sec *corev1.Secret, profile string) bool {
 	return ok && recorded != profile
 }
 
-// replacedMomentsAgo reports whether leaf is older than the certificate this
-// process stored last: the cache has not caught up with our own write yet.
+// replacedMomentsAgo reports whether leaf is not the certificate this process
+// stored last and not newer: the cache has not caught up with our own write
+// yet. NotBefore has whole seconds, so two certificates issued within one
+// second tie, and the serial tells them apart.
 func (st *certState) replacedMomentsAgo(leaf *x509.Certificate) bool {
 	return leaf != nil && st.issued != nil && leaf.SerialNumber.String() != st.issued.serial &&
-		leaf.NotBefore.Before(st.issued.notBefore)
+		!leaf.NotBefore.After(st.issued.notBefore)
 }
 
 // renewAt is when leaf should be renewed: a random time in the CA's suggested
