@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -92,6 +93,17 @@ func (c *controller) count(msg string, kv ...any) int { return c.Count(msg, kv..
 func (c *controller) orders() int { return c.Count("order created") }
 
 func (c *controller) logs() []map[string]any { return c.Logs() }
+
+// accounts lists the ACME account URLs the controller used, over every run.
+func (c *controller) accounts() []string {
+	var out []string
+	for _, l := range c.Logs() {
+		if u, ok := l["account"].(string); ok && l["msg"] == "acme account ready" && !slices.Contains(out, u) {
+			out = append(out, u)
+		}
+	}
+	return out
+}
 
 func (c *controller) metric(name string, labels ...string) (float64, bool) {
 	return c.Metric(name, labels...)

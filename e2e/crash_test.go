@@ -94,8 +94,13 @@ func TestCrashAtRandomTimes(t *testing.T) {
 	if n := ctl.orders(); n > kills+1 {
 		t.Errorf("orders: got %d, want at most %d (one per kill, plus one)", n, kills+1)
 	}
-	if n := ctl.count("acme account ready", "registered", true); n != 1 {
-		t.Errorf("accounts registered: got %d, want 1", n)
+	// A kill can fall between the CA registering the account and the log line
+	// saying so; what must hold is that every run used one account.
+	if n := ctl.count("acme account ready", "registered", true); n > 1 {
+		t.Errorf("accounts registered: got %d, want at most 1", n)
+	}
+	if got := ctl.accounts(); len(got) != 1 {
+		t.Errorf("accounts used: got %v, want one", got)
 	}
 }
 
