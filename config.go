@@ -49,6 +49,7 @@ type Config struct {
 	APIQPS              float32
 	APIBurst            int
 	LogFormat           string
+	Profiling           bool
 	LogLevel            slog.Level
 	Version             bool
 
@@ -170,6 +171,7 @@ func addProcessFlags(fs *pflag.FlagSet, c *Config) (logLevel *string) {
 	fs.Float32Var(&c.APIQPS, "api-qps", 100, "requests per second to the Kubernetes API")
 	fs.IntVar(&c.APIBurst, "api-burst", 200, "burst of requests to the Kubernetes API")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&c.Profiling, "profiling", false, "serve Go's profiles (net/http/pprof) under /debug/pprof/ on --metrics-addr")
 	logLevel = fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	return logLevel

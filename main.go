@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -127,7 +128,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	serve(ctx, g, solver.NewHTTPServer(cfg.ChallengeAddr, challenges), challengeLn)
-	serve(ctx, g, &http.Server{Handler: opsHandler(reg, ctrl, &leading, cfg.LeaderElect), ReadHeaderTimeout: 5 * time.Second,
+	serve(ctx, g, &http.Server{Handler: opsHandler(reg, ctrl, &leading, cfg), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}, metricsLn)
 	if cfg.SolverPeersService != "" {
 		g.Go(func() error {
@@ -229,18 +230,26 @@ func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, 
 	})
 }
 
-// opsHandler serves /metrics, /healthz and /readyz.
-func opsHandler(reg *prometheus.Registry, ctrl *watcher.Controller, leading *leaderState, electing bool) http.Handler {
+// opsHandler serves /metrics, /healthz and /readyz, and with --profiling Go's
+// profiles under /debug/pprof/.
+func opsHandler(reg *prometheus.Registry, ctrl *watcher.Controller, leading *leaderState, cfg Config) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.Handler(reg))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if problem := ready(ctrl, leading, electing); problem != "" {
+		if problem := ready(ctrl, leading, cfg.LeaderElect); problem != "" {
 			http.Error(w, problem, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if cfg.Profiling {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

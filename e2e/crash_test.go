@@ -38,8 +38,25 @@ func assertIssuedAndClean(t *testing.T, created *networkingv1.Ingress, secret st
 		return !journal && len(ing.Spec.TLS) == 1 && len(ing.Spec.Rules) == len(created.Spec.Rules),
 			fmt.Sprintf("journal %v, tls %v, %d rules", journal, tlsNames(ing), len(ing.Spec.Rules))
 	})
-	assertClean(t, getIngress(t, created.Namespace, created.Name), created.Spec.Rules)
+	ing := getIngress(t, created.Namespace, created.Name)
+	assertClean(t, ing, created.Spec.Rules)
+	assertManagersKept(t, created, ing)
 	waitServed(t, hosts[0], leaf, 10*time.Second)
+}
+
+// assertManagersKept checks that every field manager of created still has its
+// entry in ing: the controller's cache holds no managed fields, and its Updates
+// must leave the server's as they were.
+func assertManagersKept(t *testing.T, created, ing *networkingv1.Ingress) {
+	t.Helper()
+	for _, want := range created.ManagedFields {
+		if !slices.ContainsFunc(ing.ManagedFields, func(e metav1.ManagedFieldsEntry) bool { return e.Manager == want.Manager }) {
+			t.Errorf("field manager %q's entry is gone after the controller's edits", want.Manager)
+		}
+	}
+	if len(created.ManagedFields) == 0 {
+		t.Error("the created Ingress has no managed fields to compare")
+	}
 }
 
 // Killed at each step of an order and started again, the controller leaves the

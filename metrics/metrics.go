@@ -16,9 +16,7 @@ const namespace = "ingress_acme"
 
 // Metrics are the controller's collectors. Its methods are safe for concurrent use.
 type Metrics struct {
-	certExpiry        *prometheus.GaugeVec
-	certRenewal       *prometheus.GaugeVec
-	certReady         *prometheus.GaugeVec
+	certs             *certificates
 	issuances         *prometheus.CounterVec
 	orderDuration     *prometheus.HistogramVec
 	acmeRequests      *prometheus.CounterVec
@@ -34,34 +32,15 @@ type Metrics struct {
 // version, on reg. It panics if reg already holds collectors of the same names,
 // which is a programming error.
 func New(reg prometheus.Registerer, version string) *Metrics {
-	m := &Metrics{}
-	m.addCertificateCollectors()
+	m := &Metrics{certs: newCertificates()}
 	m.addOrderCollectors()
 	m.addRequestCollectors()
 	m.addProblemCollectors()
-	reg.MustRegister(m.certExpiry, m.certRenewal, m.certReady, m.issuances, m.orderDuration,
+	reg.MustRegister(m.certs, m.issuances, m.orderDuration,
 		m.acmeRequests, m.acmeDuration, m.challengeRequests, m.selfChecks, m.problems, m.hostsWithoutTLS,
 		buildInfo(version))
 	m.workqueue = newWorkqueueProvider(reg)
 	return m
-}
-
-// addCertificateCollectors creates the per-certificate gauges, labelled by the
-// Secret's namespace and name.
-func (m *Metrics) addCertificateCollectors() {
-	cert := []string{"namespace", "secret"}
-	m.certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "certificate_expiry_timestamp_seconds",
-		Help: "When the certificate in the Secret expires (not-after), as a Unix time. Only for certificates that exist.",
-	}, cert)
-	m.certRenewal = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "certificate_renewal_timestamp_seconds",
-		Help: "When the certificate is next due for renewal, as a Unix time. Only for certificates that exist.",
-	}, cert)
-	m.certReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "certificate_ready",
-		Help: "1 when the Secret holds a valid certificate for every host its Ingresses ask for, else 0. Only for certificates that exist.",
-	}, cert)
 }
 
 // addOrderCollectors creates the order counter and duration histogram, with
@@ -139,13 +118,7 @@ func Handler(g prometheus.Gatherer) http.Handler {
 // SetCertificate records the certificate in namespace/secret: its expiry, when it
 // is next due for renewal, and whether it is ready.
 func (m *Metrics) SetCertificate(namespace, secret string, notAfter, renewAt time.Time, ready bool) {
-	m.certExpiry.WithLabelValues(namespace, secret).Set(float64(notAfter.Unix()))
-	m.certRenewal.WithLabelValues(namespace, secret).Set(float64(renewAt.Unix()))
-	r := 0.0
-	if ready {
-		r = 1
-	}
-	m.certReady.WithLabelValues(namespace, secret).Set(r)
+	m.certs.set(namespace, secret, notAfter, renewAt, ready)
 }
 
 // SetHostsWithoutTLS records the rule hosts of namespace/ingress that no spec.tls
@@ -160,9 +133,7 @@ func (m *Metrics) SetHostsWithoutTLS(namespace, ingress string, hosts []string) 
 // DeleteCertificate drops the series of namespace/secret, for a certificate that
 // no longer exists or is no longer wanted.
 func (m *Metrics) DeleteCertificate(namespace, secret string) {
-	m.certExpiry.DeleteLabelValues(namespace, secret)
-	m.certRenewal.DeleteLabelValues(namespace, secret)
-	m.certReady.DeleteLabelValues(namespace, secret)
+	m.certs.delete(namespace, secret)
 }
 
 // Issuance counts one completed order of kind ("issue" or "renew") with outcome

@@ -527,8 +527,8 @@ func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
 	if _, has := sum.Data[corev1.TLSPrivateKeyKey]; has {
 		t.Error("summary keeps the private key, want it dropped")
 	}
-	if len(sum.Data[corev1.TLSCertKey]) >= len(full.Data[corev1.TLSCertKey]) {
-		t.Errorf("summary tls.crt: %d bytes, want only the leaf (less than the chain's %d)", len(sum.Data[corev1.TLSCertKey]), len(full.Data[corev1.TLSCertKey]))
+	if kept := len(sum.Data[leafKey]); kept != len(tc.leaf.Raw) || len(sum.Data[corev1.TLSCertKey]) != 0 {
+		t.Errorf("summary keeps %d bytes of leaf and %d of tls.crt, want the leaf's DER alone (%d bytes)", kept, len(sum.Data[corev1.TLSCertKey]), len(tc.leaf.Raw))
 	}
 	s := NewStore(fake.NewClientset())
 	leaf, kt, dir, err := s.Read(sum)

@@ -1,8 +1,8 @@
 package secrets
 
 import (
+	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"strings"
@@ -12,14 +12,18 @@ import (
 	"github.com/ingress-acme/ingress-acme/core"
 )
 
-// summaryKey holds, in a summarized Secret's Data, the key type of a usable
-// certificate or "error: " and why it is not usable. It never reaches the API:
-// writes replace Data whole.
-const summaryKey = "ingress-acme.io/summary"
+// In a summarized Secret's Data, summaryKey holds the key type of a usable
+// certificate or "error: " and why it is not usable, and leafKey the leaf
+// certificate, DER (two thirds of its PEM). Neither reaches the API: writes
+// replace Data whole.
+const (
+	summaryKey = "ingress-acme.io/summary"
+	leafKey    = "ingress-acme.io/leaf"
+)
 
 // Summarize is an informer transform (client-go's cache.TransformFunc) that
 // keeps of a certificate Secret only what deciding on it needs: its metadata
-// (no managed fields), its leaf certificate, and a summary of its key. The
+// (no managed fields), its leaf certificate (DER), and a summary of its key. The
 // private key and the rest of the chain never sit in the cache, so memory grows
 // slowly with the number of certificates. Anything else passes unchanged. Read
 // understands both forms. It is idempotent, as client-go requires: with
@@ -41,8 +45,8 @@ func Summarize(obj any) (any, error) {
 		return out, nil
 	}
 	out.Data = map[string][]byte{
-		corev1.TLSCertKey: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Leaf.Raw}),
-		summaryKey:        []byte(c.KeyType),
+		leafKey:    bytes.Clone(c.Leaf.Raw),
+		summaryKey: []byte(c.KeyType),
 	}
 	return out, nil
 }
@@ -56,9 +60,9 @@ func readSummary(s *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType
 	if why, bad := strings.CutPrefix(string(sum), "error: "); bad {
 		return nil, "", true, errors.New(why)
 	}
-	chain, err := DecodeChain(s.Data[corev1.TLSCertKey])
+	leaf, err = x509.ParseCertificate(s.Data[leafKey])
 	if err != nil {
 		return nil, "", true, fmt.Errorf("%s: %w", corev1.TLSCertKey, err)
 	}
-	return chain[0], core.KeyType(sum), true, nil
+	return leaf, core.KeyType(sum), true, nil
 }

@@ -42,6 +42,9 @@ type SelfCheck struct {
 	compareEvery time.Duration // see defaultCompareEvery
 }
 
+// maxIdleChecks bounds the self-checks' idle connections, over every host.
+const maxIdleChecks = 32
+
 // NewSelfCheck returns a SelfCheck that gives up after timeout, or sooner when
 // the challenge path keeps answering exactly like the host's own path (the
 // Ingress is not served at all, or the app's path catches ours). With address ("host:port") set, every
@@ -61,9 +64,14 @@ func NewSelfCheck(address string, timeout time.Duration, observe func(ok bool)) 
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return dialer.DialContext(ctx, network, target(address, addr))
 		},
-		TLSClientConfig:       &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the CA does not verify redirected HTTPS either
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       30 * time.Second,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the CA does not verify redirected HTTPS either
+		// Every host is its own connection pool, and a host's check is over
+		// once it answers: keep idle connections for the checks in progress,
+		// not one per host checked in the last half minute (1,000 new hosts
+		// would hold 1,000 connections, their buffers and goroutines).
+		MaxIdleConns:          maxIdleChecks,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       10 * time.Second,
 		ResponseHeaderTimeout: 5 * time.Second,
 	}
 	return &SelfCheck{

@@ -3,6 +3,8 @@ package solver
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -417,5 +419,48 @@ func TestExcerpt(t *testing.T) {
 		if got := excerpt([]byte(tt.in)); got != tt.want {
 			t.Errorf("excerpt(%q): got %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// Checks of many hosts, one after the other, keep no connection per host: the
+// open connections stay within the idle bound (plus the one in use).
+func TestSelfCheckKeepsFewConnections(t *testing.T) {
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ka"))
+	}))
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	ts.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch s {
+		case http.StateNew:
+			open[c] = true
+		case http.StateClosed, http.StateHijacked:
+			delete(open, c)
+		}
+	}
+	ts.Start()
+	defer ts.Close()
+	c := NewSelfCheck(ts.Listener.Addr().String(), 5*time.Second, nil)
+	const hosts = 3 * maxIdleChecks
+	for i := range hosts {
+		if err := c.Check(context.Background(), fmt.Sprintf("h%d.example", i), "tok", "ka"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(open)
+		mu.Unlock()
+		if n <= maxIdleChecks+1 {
+			t.Logf("%d hosts checked, %d connections open", hosts, n)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d hosts checked, %d connections still open, want at most %d", hosts, n, maxIdleChecks+1)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

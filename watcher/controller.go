@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -172,6 +173,9 @@ func (c *Controller) watch() error {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = cfg.SecretSelector }))
 	ingInformer := ingFactory.Networking().V1().Ingresses()
 	secInformer := secFactory.Core().V1().Secrets()
+	if err := ingInformer.Informer().SetTransform(dropManagedFields); err != nil {
+		return fmt.Errorf("watcher: ingress transform: %w", err)
+	}
 	if err := ingInformer.Informer().AddIndexers(cache.Indexers{
 		indexCert:    func(obj any) ([]string, error) { return certKeys(obj.(*networkingv1.Ingress)), nil },
 		indexJournal: func(obj any) ([]string, error) { return journalKeys(obj.(*networkingv1.Ingress)), nil },
@@ -203,6 +207,18 @@ func (c *Controller) watch() error {
 	c.synced = []cache.InformerSynced{ingInformer.Informer().HasSynced, secInformer.Informer().HasSynced}
 	c.factories = []informers.SharedInformerFactory{ingFactory, secFactory}
 	return nil
+}
+
+// dropManagedFields is the Ingress informer's transform: nothing here reads
+// managed fields, and they are often the larger part of an Ingress. Updates
+// made from a cached Ingress send none, which the API server takes as "leave
+// them as they are". It changes the object in place, as client-go allows of a
+// transform, and is idempotent.
+func dropManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // Run starts the informers, waits for their caches, and runs the workers until
