@@ -519,11 +519,23 @@ func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	full.Annotations["example.com/foreign"] = "kept"
 	obj, err := Summarize(full)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sum := obj.(*corev1.Secret)
+	for _, k := range derivedAnnotations {
+		if _, has := sum.Annotations[k]; has {
+			t.Errorf("summary keeps annotation %s, derived from the certificate", k)
+		}
+	}
+	if got := sum.Annotations["example.com/foreign"]; got != "kept" {
+		t.Errorf("summary's foreign annotation: got %q, want it kept (Put keeps it when it writes)", got)
+	}
+	if _, has := full.Annotations[AnnotationHosts]; !has {
+		t.Error("Summarize changed the Secret it was given")
+	}
 	if _, has := sum.Data[corev1.TLSPrivateKeyKey]; has {
 		t.Error("summary keeps the private key, want it dropped")
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -23,9 +24,10 @@ const (
 
 // Summarize is an informer transform (client-go's cache.TransformFunc) that
 // keeps of a certificate Secret only what deciding on it needs: its metadata
-// (no managed fields), its leaf certificate (DER), and a summary of its key. The
-// private key and the rest of the chain never sit in the cache, so memory grows
-// slowly with the number of certificates. Anything else passes unchanged. Read
+// (no managed fields, no annotations derived from the certificate), its leaf
+// certificate (DER), and a summary of its key. The private key and the rest of
+// the chain never sit in the cache, so memory grows slowly with the number of
+// certificates. Anything else passes unchanged. Read
 // understands both forms. It is idempotent, as client-go requires: with
 // streaming lists the reflector transforms each object as it arrives and the
 // informer's queue transforms it again.
@@ -39,6 +41,7 @@ func Summarize(obj any) (any, error) {
 	}
 	out := &corev1.Secret{TypeMeta: s.TypeMeta, ObjectMeta: s.ObjectMeta, Type: s.Type}
 	out.ManagedFields = nil
+	out.Annotations = withoutDerived(s.Annotations)
 	c, err := Parse(s)
 	if err != nil {
 		out.Data = map[string][]byte{summaryKey: []byte("error: " + err.Error())}
@@ -49,6 +52,21 @@ func Summarize(obj any) (any, error) {
 		summaryKey: []byte(c.KeyType),
 	}
 	return out, nil
+}
+
+// derivedAnnotations are those Build writes from the certificate itself, for
+// people to read: nothing reads them back, and Put writes them anew.
+var derivedAnnotations = []string{AnnotationHosts, AnnotationNotAfter, AnnotationSerial, core.AnnotationKeyType}
+
+// withoutDerived returns a copy of annotations less derivedAnnotations.
+func withoutDerived(annotations map[string]string) map[string]string {
+	out := make(map[string]string, len(annotations))
+	for k, v := range annotations {
+		if !slices.Contains(derivedAnnotations, k) {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // readSummary reads a Secret that Summarize made; ok is false for any other.
