@@ -93,7 +93,8 @@ func (s *Store) Put(ctx context.Context, current, desired *corev1.Secret) error 
 }
 
 // Read parses a certificate Secret (see Parse; or one Summarize made) and returns its leaf, key type
-// ("" for a key of a type not in core.KeyTypes) and issuing directory.
+// ("" for a key of a type not in core.KeyTypes) and issuing directory. The leaf
+// of a summary has only its validity, serial, authority key ID and DNS names.
 func (s *Store) Read(sec *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, directory string, err error) {
 	if leaf, keyType, ok, err := readSummary(sec); ok {
 		return leaf, keyType, sec.Annotations[AnnotationDirectory], err

@@ -1,33 +1,33 @@
 package secrets
 
 import (
-	"bytes"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ingress-acme/ingress-acme/core"
 )
 
-// In a summarized Secret's Data, summaryKey holds the key type of a usable
-// certificate or "error: " and why it is not usable, and leafKey the leaf
-// certificate, DER (two thirds of its PEM). Neither reaches the API: writes
+// summaryKey holds, in a summarized Secret's Data, either "error: " and why
+// the certificate is not usable, or its key type and the leaf's fields that
+// deciding on it reads (see leafSummary). It never reaches the API: writes
 // replace Data whole.
-const (
-	summaryKey = "ingress-acme.io/summary"
-	leafKey    = "ingress-acme.io/leaf"
-)
+const summaryKey = "ingress-acme.io/summary"
 
 // Summarize is an informer transform (client-go's cache.TransformFunc) that
 // keeps of a certificate Secret only what deciding on it needs: its metadata
-// (no managed fields, no annotations derived from the certificate), its leaf
-// certificate (DER), and a summary of its key. The private key and the rest of
-// the chain never sit in the cache, so memory grows slowly with the number of
-// certificates. Anything else passes unchanged. Read
+// (no managed fields, no annotations derived from the certificate), its key
+// type, and the leaf's validity, serial, authority key ID and DNS names: about
+// 150 bytes where the leaf's DER takes 900. The private key and the chain never
+// sit in the cache, so memory grows slowly with the number of certificates. Anything else passes unchanged. Read
 // understands both forms. It is idempotent, as client-go requires: with
 // streaming lists the reflector transforms each object as it arrives and the
 // informer's queue transforms it again.
@@ -47,11 +47,37 @@ func Summarize(obj any) (any, error) {
 		out.Data = map[string][]byte{summaryKey: []byte("error: " + err.Error())}
 		return out, nil
 	}
-	out.Data = map[string][]byte{
-		leafKey:    bytes.Clone(c.Leaf.Raw),
-		summaryKey: []byte(c.KeyType),
-	}
+	out.Data = map[string][]byte{summaryKey: leafSummary(c.KeyType, c.Leaf)}
 	return out, nil
+}
+
+// leafSummary is "keyType notBefore notAfter serial authorityKeyID dnsNames":
+// Unix seconds, hex, hex, names joined by commas.
+func leafSummary(keyType core.KeyType, leaf *x509.Certificate) []byte {
+	return fmt.Appendf(nil, "%s %d %d %x %x %s", keyType, leaf.NotBefore.Unix(), leaf.NotAfter.Unix(),
+		leaf.SerialNumber, leaf.AuthorityKeyId, strings.Join(leaf.DNSNames, ","))
+}
+
+// parseLeafSummary reads leafSummary's output back into a certificate that
+// has just those fields: what Read's callers use of a cached one.
+func parseLeafSummary(sum string) (core.KeyType, *x509.Certificate, error) {
+	f := strings.Split(sum, " ")
+	if len(f) != 6 {
+		return "", nil, fmt.Errorf("summary %q: want 6 fields", sum)
+	}
+	notBefore, err1 := strconv.ParseInt(f[1], 10, 64)
+	notAfter, err2 := strconv.ParseInt(f[2], 10, 64)
+	serial, ok := new(big.Int).SetString(f[3], 16)
+	aki, err3 := hex.DecodeString(f[4])
+	if err := errors.Join(err1, err2, err3); err != nil || !ok {
+		return "", nil, fmt.Errorf("summary %q: %v", sum, err)
+	}
+	leaf := &x509.Certificate{NotBefore: time.Unix(notBefore, 0).UTC(), NotAfter: time.Unix(notAfter, 0).UTC(),
+		SerialNumber: serial, AuthorityKeyId: aki}
+	if f[5] != "" {
+		leaf.DNSNames = strings.Split(f[5], ",")
+	}
+	return core.KeyType(f[0]), leaf, nil
 }
 
 // derivedAnnotations are those Build writes from the certificate itself, for
@@ -70,6 +96,7 @@ func withoutDerived(annotations map[string]string) map[string]string {
 }
 
 // readSummary reads a Secret that Summarize made; ok is false for any other.
+// Its leaf has only the fields leafSummary keeps.
 func readSummary(s *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, ok bool, err error) {
 	sum, has := s.Data[summaryKey]
 	if !has {
@@ -78,9 +105,6 @@ func readSummary(s *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType
 	if why, bad := strings.CutPrefix(string(sum), "error: "); bad {
 		return nil, "", true, errors.New(why)
 	}
-	leaf, err = x509.ParseCertificate(s.Data[leafKey])
-	if err != nil {
-		return nil, "", true, fmt.Errorf("%s: %w", corev1.TLSCertKey, err)
-	}
-	return leaf, core.KeyType(sum), true, nil
+	keyType, leaf, err = parseLeafSummary(string(sum))
+	return leaf, keyType, true, err
 }

@@ -39,7 +39,9 @@ type Issuer interface {
 type Secrets interface {
 	// Get reads a Secret from the API server, nil when there is none.
 	Get(ctx context.Context, namespace, name string) (*corev1.Secret, error)
-	// Read parses a certificate Secret: its leaf, key type and issuing directory.
+	// Read parses a certificate Secret: its leaf, key type and issuing
+	// directory. Of a cached Secret, the leaf may carry only its validity,
+	// serial, authority key ID and DNS names: what deciding and ARI read.
 	Read(s *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, directory string, err error)
 	// Write stores chainPEM and key in namespace/name, recording the directory
 	// and profile it was ordered with (core.AnnotationProfile), updating current
