@@ -95,10 +95,17 @@ install() {
 	built=1
 }
 
+# PEBBLE_VERSION is the module's version, then "+" and the name of the patch in
+# hack/pebble/ applied to it (see that patch for why).
 build_pebble() {
-	local m=github.com/letsencrypt/pebble/v2
-	GOBIN=$1 go install -trimpath -ldflags="$LDFLAGS" "$m/cmd/pebble@v$PEBBLE_VERSION" "$m/cmd/pebble-challtestsrv@v$PEBBLE_VERSION"
-	local src; src=$(moddir "$m@v$PEBBLE_VERSION")
+	local m=github.com/letsencrypt/pebble/v2 v=${PEBBLE_VERSION%%+*} patch=${PEBBLE_VERSION#*+}
+	local src; src=$(moddir "$m@v$v")
+	local work="$CACHE/src/pebble"
+	rm -rf "$work"; mkdir -p "$CACHE/src"; cp -r "$src" "$work"; chmod -R u+w "$work"
+	if [ "$patch" != "$PEBBLE_VERSION" ]; then
+		patch -s -d "$work" -p1 <"$here/pebble/$patch.patch"
+	fi
+	(cd "$work" && GOBIN=$1 go install -trimpath -ldflags="$LDFLAGS" ./cmd/pebble ./cmd/pebble-challtestsrv)
 	cp "$src/test/certs/pebble.minica.pem" "$src/test/certs/localhost/cert.pem" "$src/test/certs/localhost/key.pem" "$1/"
 	chmod u+w "$1"/*.pem
 }

@@ -218,9 +218,8 @@ func (b *bench) thousandAtOnce(ctx context.Context) error {
 	if stalled && len(is.missing) > 0 {
 		reqs, _ := pl.requests()
 		b.add(scenario, withLoad(fmt.Sprintf("not measured: the CA hung after %d orders, %d valid", newOrders(reqs), n-len(is.missing))), "<= "+secs(targetThousand), "MISSED")
-		b.note("%d at once: Pebble finished no request for 30 s while %d certificates were missing: Pebble 2.10.1 can deadlock "+
-			"(a new order scans every authorization under its store's read lock, an authorization POST holds that authorization's lock while it reads the store, "+
-			"and a writer waits between them); the figure says nothing about the controller. Run the scenario again.", n, len(is.missing))
+		b.note("%d at once: Pebble finished no request for 30 s while %d certificates were missing: Pebble hangs "+
+			"(unpatched v2.10.1 did under load, see hack/pebble/locks.patch; is the testbed's Pebble the patched one?); the figure says nothing about the controller.", n, len(is.missing))
 	} else if len(is.missing) > 0 {
 		b.say("  %d of %d never valid, e.g. %s: %s", len(is.missing), n, is.missing[0], is.lastErr[is.missing[0]+"-tls"])
 		b.add(scenario, withLoad(fmt.Sprintf("%d of %d valid after 10 min", n-len(is.missing), n)), "<= "+secs(targetThousand), "MISSED")
@@ -338,8 +337,9 @@ func (b *bench) killsDuringIssuance(ctx context.Context) error {
 		err error
 	}
 	res := make(chan outcome, 1)
+	ictx, stall := b.watchStall(ctx, pl.path, 30*time.Second)
 	go func() {
-		is, err := b.issue(ctx, ns, "web", batch, 10*time.Minute)
+		is, err := b.issue(ictx, ns, "web", batch, 10*time.Minute)
 		res <- outcome{is, err}
 	}()
 	var out outcome
@@ -369,6 +369,7 @@ func (b *bench) killsDuringIssuance(ctx context.Context) error {
 	if !done {
 		out = <-res
 	}
+	stalled := stall()
 	if out.err == nil {
 		out.err = ctx.Err()
 	}
@@ -377,6 +378,11 @@ func (b *bench) killsDuringIssuance(ctx context.Context) error {
 	}
 	is := out.is
 	scenario := fmt.Sprintf("%d issuances, %d SIGKILLs: all valid", n, during)
+	if stalled && len(is.missing) > 0 {
+		b.add(scenario, withLoad(fmt.Sprintf("not measured: the CA hung, %d of %d valid", n-len(is.missing), n)), "all", "MISSED")
+		b.note("kills: Pebble finished no request for 30 s while %d certificates were missing; the figures say nothing about the controller", len(is.missing))
+		return nil
+	}
 	if len(is.missing) > 0 {
 		b.add(scenario, withLoad(fmt.Sprintf("%d of %d valid after 10 min", n-len(is.missing), n)), "all", "MISSED")
 	} else {
