@@ -163,8 +163,10 @@ func cmpErr(err, def error) error {
 func (c *Client) DirectoryURL() string { return c.cfg.DirectoryURL }
 
 // Order places an order for req.Hosts, or continues req.Resume while the CA can
-// still finish it (pending or ready); otherwise (it is processing, valid,
-// invalid, expired, or unknown) it logs why and places a new one. A new order
+// still finish it: pending or ready, or finalized (processing or valid) for
+// the key OrderKey makes again for req.KeyType. Otherwise (it is invalid,
+// expired, unknown, or finalized with another key) it logs why and places a
+// new one. A new order
 // is a replacement of req.Replaces when that is not nil and the CA offers
 // renewal information; one the CA refuses with a problem is placed again at
 // once without it. The Order's Challenges are those still pending.
@@ -192,6 +194,8 @@ func (c *Client) resume(ctx context.Context, s lib, req core.OrderRequest) (core
 		why = err.Error()
 	case !sameHosts(o.Hosts, req.Hosts):
 		why = "it is for other hosts"
+	case o.Status == "processing" || o.Status == "valid":
+		why = c.finalizedWhy(ctx, s, o, req.KeyType)
 	case o.Status != "pending" && o.Status != "ready":
 		why = "it is " + o.Status
 	}
@@ -207,6 +211,37 @@ func (c *Client) resume(ctx context.Context, s lib, req core.OrderRequest) (core
 	}
 	c.log.Info("order resumed", "order", o.URL, "hosts", req.Hosts, "status", o.Status)
 	return core.Order{URL: req.Resume, Hosts: req.Hosts, Challenges: chs, Resumed: true, Replacing: o.Replaces != ""}, true
+}
+
+// finalizedWhy tells why o, finalized before (processing or valid), cannot be
+// finished: "" when its certificate is for the key OrderKey makes again for
+// keyType. It waits while o is processing, and downloads its certificate.
+func (c *Client) finalizedWhy(ctx context.Context, s lib, o order, keyType core.KeyType) string {
+	curve := curveOf(keyType)
+	if curve == nil {
+		return "it is " + o.Status + ", finalized with a " + string(keyType) + " key that no process holds"
+	}
+	if o.Status == "processing" {
+		var err error
+		if o, err = c.waitOrder(ctx, s, o.URL, "processing"); err != nil {
+			return err.Error()
+		}
+		if o.Status != "valid" {
+			return "it is " + o.Status
+		}
+	}
+	key, err := deriveKey(s.accountKey(), curve, orderKeyLabel(keyType, o.URL))
+	if err != nil {
+		return err.Error()
+	}
+	certs, err := s.certificates(o.Certificate)
+	switch {
+	case err != nil:
+		return "download certificate: " + err.Error()
+	case len(certs) == 0 || !sameKey(certs[0], key):
+		return "it was finalized with another key"
+	}
+	return ""
 }
 
 func sameHosts(a, b []string) bool {
@@ -321,9 +356,9 @@ func authzDone(s lib, url string) (bool, error) {
 
 // Finalize waits until o is ready, sends it a request for o.Hosts signed with
 // key, waits until the certificate is issued (each wait at most PollTimeout),
-// downloads it and returns its PEM chain, leaf first. An order that was
-// finalized before (processing or valid: with a key we may not hold) is an
-// error; Order then places a new one.
+// downloads it and returns its PEM chain, leaf first. A resumed order that was
+// finalized before is only waited for and downloaded. A certificate that is
+// not for key is an error.
 func (c *Client) Finalize(ctx context.Context, o core.Order, key crypto.Signer) ([]byte, error) {
 	start := time.Now()
 	s, err := c.session(ctx)
@@ -336,18 +371,20 @@ func (c *Client) Finalize(ctx context.Context, o core.Order, key crypto.Signer) 
 
 func (c *Client) finalize(ctx context.Context, s lib, o core.Order, key crypto.Signer) ([]byte, error) {
 	ord, err := c.waitOrder(ctx, s, o.URL, "pending")
-	if err == nil && ord.Status != "ready" {
-		err = fmt.Errorf("order %s is %s: it was finalized before", o.URL, ord.Status)
-	}
 	if err != nil {
 		return nil, err
 	}
-	csr, err := newCSR(o.Hosts, key)
-	if err != nil {
-		return nil, err
-	}
-	if ord, err = s.finalize(ord, csr); err != nil {
-		return nil, fmt.Errorf("finalize: %w", err)
+	switch {
+	case ord.Status == "ready":
+		csr, err := newCSR(o.Hosts, key)
+		if err != nil {
+			return nil, err
+		}
+		if ord, err = s.finalize(ord, csr); err != nil {
+			return nil, fmt.Errorf("finalize: %w", err)
+		}
+	case !o.Resumed:
+		return nil, fmt.Errorf("order %s is %s: it was finalized before", o.URL, ord.Status)
 	}
 	if ord.Status != "valid" {
 		if ord, err = c.waitOrder(ctx, s, o.URL, "processing"); err != nil {
@@ -358,7 +395,7 @@ func (c *Client) finalize(ctx context.Context, s lib, o core.Order, key crypto.S
 		return nil, fmt.Errorf("order is %s: %w", ord.Status, cmpErr(ord.Err, errors.New("no problem given")))
 	}
 	c.cfg.Fault(core.FaultFinalized)
-	return c.download(s, ord)
+	return c.download(s, ord, key)
 }
 
 // waitOrder polls the order at url while its status is while.
@@ -388,10 +425,16 @@ func newCSR(hosts []string, key crypto.Signer) (*x509.CertificateRequest, error)
 	return x509.ParseCertificateRequest(der)
 }
 
-func (c *Client) download(s lib, o order) ([]byte, error) {
+// download returns o's certificate chain, which must be for key.
+func (c *Client) download(s lib, o order, key crypto.Signer) ([]byte, error) {
 	certs, err := s.certificates(o.Certificate)
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("download certificate: %w", err)
+	case len(certs) == 0:
+		return nil, errors.New("download certificate: the CA sent none")
+	case !sameKey(certs[0], key):
+		return nil, fmt.Errorf("order %s was finalized with another key", o.URL)
 	}
 	var chain []byte
 	for _, cert := range certs {

@@ -2,9 +2,12 @@ package acme
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"net/http"
@@ -87,10 +90,20 @@ func TestValidateFails(t *testing.T) {
 }
 
 func TestOrderResume(t *testing.T) {
+	finalizeWith := func(t *testing.T, c *Client, o core.Order, key crypto.Signer) string {
+		if err := c.Validate(context.Background(), o); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Finalize(context.Background(), o, key); err != nil {
+			t.Fatal(err)
+		}
+		return ""
+	}
 	tests := []struct {
 		name        string
 		prepare     func(t *testing.T, c *Client, o core.Order) string // returns the URL to resume
 		hosts       []string
+		keyType     core.KeyType
 		wantResumed bool
 		wantChs     int
 	}{
@@ -110,6 +123,21 @@ func TestOrderResume(t *testing.T) {
 				t.Fatal(err)
 			}
 			return ""
+		}, wantChs: 1},
+		{name: "valid, with the key made again", keyType: core.ECDSAP384, prepare: func(t *testing.T, c *Client, o core.Order) string {
+			key, _, err := c.OrderKey(context.Background(), o, core.ECDSAP384)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return finalizeWith(t, c, o, key)
+		}, wantResumed: true},
+		{name: "valid, with another key", keyType: core.ECDSAP256, prepare: func(t *testing.T, c *Client, o core.Order) string {
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			return finalizeWith(t, c, o, key)
+		}, wantChs: 1},
+		{name: "valid, rsa", keyType: core.RSA2048, prepare: func(t *testing.T, c *Client, o core.Order) string {
+			key, _ := rsa.GenerateKey(rand.Reader, 2048)
+			return finalizeWith(t, c, o, key)
 		}, wantChs: 1},
 		{name: "invalid", prepare: func(t *testing.T, c *Client, o core.Order) string {
 			_ = c.Validate(context.Background(), o) // fails: the CA is set to fail it
@@ -136,9 +164,15 @@ func TestOrderResume(t *testing.T) {
 			if hosts == nil {
 				hosts = []string{"a.example"}
 			}
-			got, err := c.Order(ctx, core.OrderRequest{Hosts: hosts, Resume: resume})
+			got, err := c.Order(ctx, core.OrderRequest{Hosts: hosts, Resume: resume, KeyType: tt.keyType})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if got.Resumed && tt.keyType != "" {
+				key, _, _ := c.OrderKey(ctx, got, tt.keyType)
+				if _, err := c.Finalize(ctx, got, key); err != nil {
+					t.Errorf("finishing the resumed order: %v", err)
+				}
 			}
 			if got.Resumed != tt.wantResumed || len(got.Challenges) != tt.wantChs {
 				t.Errorf("got resumed %v with %d challenges, want %v with %d", got.Resumed, len(got.Challenges), tt.wantResumed, tt.wantChs)
@@ -343,5 +377,48 @@ func TestNewRequiresDirectoryAndKeys(t *testing.T) {
 	}
 	if c.cfg.Limits != DefaultLimits() || c.cfg.SetupTimeout != 10*time.Second || c.cfg.RequestTimeout != 30*time.Second {
 		t.Errorf("got %+v, want the defaults", c.cfg)
+	}
+}
+
+// OrderKey makes the same key for the same order in any process that holds the
+// account, and another for any other order or key type.
+func TestOrderKey(t *testing.T) {
+	ca := newFakeCA(t, false)
+	c, keys := newTestClient(t, ca)
+	again, _ := newTestClient(t, ca, func(cfg *Config) { cfg.Keys = keys })
+	ctx := context.Background()
+	o1, o2 := core.Order{URL: ca.url("/order/1")}, core.Order{URL: ca.url("/order/2")}
+	k := func(c *Client, o core.Order, kt core.KeyType) *ecdsa.PrivateKey {
+		t.Helper()
+		key, ok, err := c.OrderKey(ctx, o, kt)
+		if err != nil || !ok {
+			t.Fatalf("OrderKey(%s, %s): ok %v, %v", o.URL, kt, ok, err)
+		}
+		return key.(*ecdsa.PrivateKey)
+	}
+	a := k(c, o1, core.ECDSAP256)
+	if !a.Equal(k(again, o1, core.ECDSAP256)) {
+		t.Error("another process made another key for the same order")
+	}
+	if a.Equal(k(c, o2, core.ECDSAP256)) {
+		t.Error("two orders got the same key")
+	}
+	if p384 := k(c, o1, core.ECDSAP384); p384.Curve != elliptic.P384() || p384.Equal(a) {
+		t.Errorf("P-384: got a key on %s", p384.Curve.Params().Name)
+	}
+	if a.Curve != elliptic.P256() {
+		t.Errorf("P-256: got a key on %s", a.Curve.Params().Name)
+	}
+	digest := sha256.Sum256([]byte("x"))
+	sig, err := ecdsa.SignASN1(rand.Reader, a, digest[:])
+	if err != nil || !ecdsa.VerifyASN1(&a.PublicKey, digest[:], sig) {
+		t.Errorf("the key does not sign: %v", err)
+	}
+	if key, ok, err := c.OrderKey(ctx, o1, core.RSA2048); ok || key != nil || err != nil {
+		t.Errorf("RSA: got %v %v %v, want no key and not ok", key, ok, err)
+	}
+	other, _ := newTestClient(t, ca)
+	if a.Equal(k(other, o1, core.ECDSAP256)) {
+		t.Error("another account made the same key")
 	}
 }

@@ -84,6 +84,9 @@ type OrderRequest struct {
 	// Resume is the URL of an order placed earlier (by this or another
 	// process) to continue instead of placing a new one; "" for none.
 	Resume string
+	// KeyType is the certificate key's type: an order finalized before is
+	// continued only when the Issuer can make its key again.
+	KeyType KeyType
 }
 
 // Order is an order at the CA, as far as its certificate's owner needs it.

@@ -95,7 +95,7 @@ func (o *order) place(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err // stopping: no new order
 	}
-	req := core.OrderRequest{Hosts: o.d.hosts, Profile: o.d.options.profile, Resume: o.resume}
+	req := core.OrderRequest{Hosts: o.d.hosts, Profile: o.d.options.profile, Resume: o.resume, KeyType: o.d.options.keyType}
 	if o.why.why == reasonRenewal {
 		req.Replaces = o.why.leaf
 	}
@@ -144,20 +144,30 @@ func (o *order) selfCheck(ctx context.Context) error {
 	return o.c.cfg.Issuer.Validate(ctx, o.placed)
 }
 
-// finalize is step 5: a fresh key (made since the order began), and the
-// certificate for it.
+// finalize is step 5: the order's key, and the certificate for it.
 func (o *order) finalize(ctx context.Context) error {
-	k := <-o.newKey
-	if k.err != nil {
-		return k.err
+	key, err := o.privateKey(ctx)
+	if err != nil {
+		return err
 	}
-	key := k.key
 	chain, err := o.c.cfg.Issuer.Finalize(ctx, o.placed, key)
 	if err != nil {
 		return err
 	}
 	o.privKey, o.chain = key, chain
 	return nil
+}
+
+// privateKey is the order's key: the one the Issuer makes again for this
+// order in any process, so that an order finalized before a crash can be
+// finished, or else a fresh one made since the order began.
+func (o *order) privateKey(ctx context.Context) (crypto.Signer, error) {
+	key, ok, err := o.c.cfg.Issuer.OrderKey(ctx, o.placed, o.d.options.keyType)
+	if ok || err != nil {
+		return key, err
+	}
+	k := <-o.newKey
+	return k.key, k.err
 }
 
 // stillWanted reports whether an Ingress still asks for the certificate (the

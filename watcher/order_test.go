@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ingress-acme/ingress-acme/core"
+	"github.com/ingress-acme/ingress-acme/secrets"
 )
 
 // overlapIssuer's Validate (the wait on the CA) returns only once the new key
@@ -61,5 +62,31 @@ func TestNewKeyWhileTheCAValidates(t *testing.T) {
 	}
 	if _, err := f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{}); err != nil {
 		t.Fatalf("no certificate stored: %v", err)
+	}
+}
+
+// The key the Issuer can make again for an order (so that an order finalized
+// before a crash is finished by the next process) is the one the certificate
+// gets; the fresh key is only for key types it cannot.
+func TestOrderKeyFromTheIssuer(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	want, err := secrets.GenerateKey(core.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.issuer.orderKeys = map[string]crypto.Signer{"https://ca.test/order/1": want}
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	sec, err := f.c.cfg.Client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := secrets.Parse(sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !want.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(c.Leaf.PublicKey) {
+		t.Error("the Secret's key is not the one the Issuer made for the order")
 	}
 }

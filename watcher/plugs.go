@@ -16,16 +16,23 @@ import (
 // *core.RetryAfterError; the controller then backs off at least that long.
 type Issuer interface {
 	// Order places an order for req, or continues req.Resume while the CA can
-	// still finish it (pending or ready). An order it can no longer finish
-	// (invalid, expired, unknown to the CA, or finalized with a key this process
-	// does not hold) is replaced by a new one. A replacement the CA refuses
+	// still finish it (pending or ready, or finalized with the key OrderKey
+	// makes for req.KeyType). An order it can no longer finish (invalid,
+	// expired, unknown to the CA, or finalized with another key) is replaced
+	// by a new one. A replacement the CA refuses
 	// because of req.Replaces is placed again without it (Order.Replacing false).
 	Order(ctx context.Context, req core.OrderRequest) (core.Order, error)
 	// Validate tells the CA that o's challenges answer and waits until it has
 	// validated every authorization of o.
 	Validate(ctx context.Context, o core.Order) error
-	// Finalize sends the CA a request for o's hosts signed with key, waits for
-	// the certificate and returns its PEM chain, leaf first.
+	// OrderKey is the private key for o's certificate when the Issuer can make
+	// the same one again in any process (ok), so that an order finalized before
+	// a crash is resumed; ok is false for a key type it cannot, whose caller
+	// makes a fresh key.
+	OrderKey(ctx context.Context, o core.Order, keyType core.KeyType) (key crypto.Signer, ok bool, err error)
+	// Finalize sends the CA a request for o's hosts signed with key (for a
+	// resumed order finalized before, it only waits), waits for the
+	// certificate and returns its PEM chain, leaf first.
 	Finalize(ctx context.Context, o core.Order, key crypto.Signer) (chainPEM []byte, err error)
 	// RenewalWindow is the CA's renewal information for cert; a window that is
 	// not Offered, and no error, when the CA offers none.

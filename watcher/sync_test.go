@@ -37,6 +37,9 @@ type fakeIssuer struct {
 	fail   error
 	window func(*x509.Certificate) (time.Time, time.Time, bool)
 
+	// orderKeys, when set, are the keys OrderKey makes again, by order URL.
+	orderKeys map[string]crypto.Signer
+
 	// mu guards orders and pathsSeen.
 	mu        sync.Mutex
 	orders    int
@@ -69,6 +72,11 @@ func (f *fakeIssuer) Validate(ctx context.Context, _ core.Order) error {
 		}
 	}
 	return f.fail
+}
+
+func (f *fakeIssuer) OrderKey(_ context.Context, o core.Order, _ core.KeyType) (crypto.Signer, bool, error) {
+	key, ok := f.orderKeys[o.URL]
+	return key, ok, nil
 }
 
 func (f *fakeIssuer) Finalize(_ context.Context, o core.Order, key crypto.Signer) ([]byte, error) {
