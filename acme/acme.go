@@ -166,10 +166,10 @@ func (c *Client) DirectoryURL() string { return c.cfg.DirectoryURL }
 // still finish it: pending or ready, or finalized (processing or valid) for
 // the key OrderKey makes again for req.KeyType. Otherwise (it is invalid,
 // expired, unknown, or finalized with another key) it logs why and places a
-// new one. A new order
-// is a replacement of req.Replaces when that is not nil and the CA offers
-// renewal information; one the CA refuses with a problem is placed again at
-// once without it. The Order's Challenges are those still pending.
+// new one. A new order is a replacement of req.Replaces when that is not nil
+// and the CA offers renewal information; one the CA refuses with a problem is
+// placed again at once without it. The Order's Challenges are those still
+// pending.
 func (c *Client) Order(ctx context.Context, req core.OrderRequest) (core.Order, error) {
 	start := time.Now()
 	s, err := c.session(ctx)
