@@ -103,7 +103,7 @@ build_pebble() {
 	local work="$CACHE/src/pebble"
 	rm -rf "$work"; mkdir -p "$CACHE/src"; cp -r "$src" "$work"; chmod -R u+w "$work"
 	if [ "$patch" != "$PEBBLE_VERSION" ]; then
-		patch -s -d "$work" -p1 <"$here/pebble/$patch.patch"
+		(cd "$work" && git apply -p1 "$here/pebble/$patch.patch") # git, not patch: a fresh Debian has git, maybe not patch
 	fi
 	(cd "$work" && GOBIN=$1 go install -trimpath -ldflags="$LDFLAGS" ./cmd/pebble ./cmd/pebble-challtestsrv)
 	cp "$src/test/certs/pebble.minica.pem" "$src/test/certs/localhost/cert.pem" "$src/test/certs/localhost/key.pem" "$1/"

@@ -85,9 +85,9 @@ func (c *certificates) Collect(ch chan<- prometheus.Metric) {
 // The label names of certSample, addressable for dto.LabelPair.
 var labelNamespace, labelSecret = "namespace", "secret"
 
-// certSample is one gauge sample of a certificate. It is what
-// prometheus.MustNewConstMetric makes, less its label pairs: those are written
-// once, into the scrape's own dto.Metric, instead of twice. At 10,000
+// certSample is one gauge sample of a certificate: what
+// prometheus.MustNewConstMetric makes, without its checks and its copies of
+// the label values (Write points at the certificate's own strings). At 10,000
 // certificates a scrape makes 30,000 of these.
 type certSample struct {
 	desc  *prometheus.Desc

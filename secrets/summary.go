@@ -27,8 +27,8 @@ const summaryKey = "ingress-acme.io/summary"
 // (no managed fields, no annotations derived from the certificate), its key
 // type, and the leaf's validity, serial, authority key ID and DNS names: about
 // 150 bytes where the leaf's DER takes 900. The private key and the chain never
-// sit in the cache, so memory grows slowly with the number of certificates. Anything else passes unchanged. Read
-// understands both forms. It is idempotent, as client-go requires: with
+// sit in the cache, so memory grows slowly with the number of certificates.
+// Anything else passes unchanged. Read understands both forms. It is idempotent, as client-go requires: with
 // streaming lists the reflector transforms each object as it arrives and the
 // informer's queue transforms it again.
 func Summarize(obj any) (any, error) {
@@ -68,9 +68,13 @@ func parseLeafSummary(sum string) (core.KeyType, *x509.Certificate, error) {
 	notBefore, err1 := strconv.ParseInt(f[1], 10, 64)
 	notAfter, err2 := strconv.ParseInt(f[2], 10, 64)
 	serial, ok := new(big.Int).SetString(f[3], 16)
-	aki, err3 := hex.DecodeString(f[4])
-	if err := errors.Join(err1, err2, err3); err != nil || !ok {
-		return "", nil, fmt.Errorf("summary %q: %v", sum, err)
+	var err3 error
+	if !ok {
+		err3 = errors.New("bad serial")
+	}
+	aki, err4 := hex.DecodeString(f[4])
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return "", nil, fmt.Errorf("summary %q: %w", sum, err)
 	}
 	leaf := &x509.Certificate{NotBefore: time.Unix(notBefore, 0).UTC(), NotAfter: time.Unix(notAfter, 0).UTC(),
 		SerialNumber: serial, AuthorityKeyId: aki}
