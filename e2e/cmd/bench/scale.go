@@ -96,6 +96,18 @@ func (pl *pebbleLog) ordersAdded() (int, error) {
 	return n, err
 }
 
+// ordersInvalidated counts the orders Pebble set invalid since followPebble
+// (its "order ... set INVALID" lines): those whose validation failed.
+func (pl *pebbleLog) ordersInvalidated() (int, error) {
+	n := 0
+	err := pl.scan(func(line string) {
+		if strings.Contains(line, " order ") && strings.Contains(line, " set INVALID ") {
+			n++
+		}
+	})
+	return n, err
+}
+
 // scan calls fn with every line logged since followPebble.
 func (pl *pebbleLog) scan(fn func(line string)) error {
 	f, err := os.Open(pl.path)
@@ -403,6 +415,12 @@ func (b *bench) killsDuringIssuance(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	invalid, err := pl.ordersInvalidated()
+	if err != nil {
+		return err
+	}
+	b.say("  beyond one per certificate: %d orders went invalid at the CA (validated while no process answered), %d were left unfinished (a process was killed before it journalled them)",
+		invalid, max(0, orders-n-invalid))
 	target := float64(n+during) / float64(n) // one order per certificate, plus one per kill at most
 	b.add(fmt.Sprintf("  orders per certificate (%d kills)", during), fmt.Sprintf("%.2f (%d orders for %d certificates)", float64(orders)/float64(n), orders, n),
 		fmt.Sprintf("<= %.2f, aim 1.00", target), verdict(float64(orders)/float64(n) <= target))
