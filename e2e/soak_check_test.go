@@ -479,7 +479,14 @@ func (s *soak) probeHost(ctx context.Context, e *epoch) {
 	}
 	s.stats.httpsBad++
 	e.LastProblem = problem
-	report := !e.Reported && s.clean(e.EligibleAt, at) > s.bounds.Eligible
+	// An expired certificate of ours is judged by invExpired, which spares
+	// expiries that faults caused (a CA cut off through the renewal, say);
+	// here its successor gets the bound of fault-free time from the expiry.
+	from := e.EligibleAt
+	if leaf != nil && ours && leaf.NotAfter.After(from) && at.After(leaf.NotAfter) {
+		from = leaf.NotAfter
+	}
+	report := !e.Reported && s.clean(from, at) > s.bounds.Eligible
 	if report && s.capped(e.Ingress, at) {
 		// The user changed this certificate so often that the order budget
 		// (--max-orders-per-hour) is spent: waiting is what the README promises.
