@@ -32,7 +32,7 @@ type order struct {
 
 	placed    core.Order     // step 2
 	presented bool           // step 3 has begun: the Ingresses may hold our paths
-	newKey    chan keyResult // step 5's key, generated while the CA validates
+	newKey    chan keyResult // step 5's key (see prepareKey)
 	privKey   crypto.Signer  // step 5
 	chain     []byte         // step 5
 }
@@ -47,13 +47,6 @@ type keyResult struct {
 // by the next sync, from the journal).
 func (o *order) run(ctx context.Context) result {
 	o.announce()
-	// A new key can take seconds (RSA 4096): make it while the order waits on
-	// the ingress and the CA, not after.
-	o.newKey = make(chan keyResult, 1)
-	go func() {
-		key, err := o.c.cfg.Secrets.NewKey(o.d.options.keyType)
-		o.newKey <- keyResult{key, err}
-	}()
 	// The solver Service first: what lies between placing the order and
 	// journalling it is lost if the process dies there, so keep that short.
 	err := o.c.cfg.Solver.Ensure(ctx, o.d.namespace)
@@ -61,6 +54,7 @@ func (o *order) run(ctx context.Context) result {
 		err = o.place(ctx)
 	}
 	if err == nil {
+		o.prepareKey(ctx)
 		err = o.present(ctx)
 	}
 	if err == nil {
@@ -144,30 +138,36 @@ func (o *order) selfCheck(ctx context.Context) error {
 	return o.c.cfg.Issuer.Validate(ctx, o.placed)
 }
 
+// prepareKey readies step 5's key once the order is placed: the key the
+// Issuer makes again for this order in any process (so that an order
+// finalized before a crash can be finished), or else a fresh one, made while
+// the order waits on the ingress and the CA, since that can take seconds (RSA
+// 4096).
+func (o *order) prepareKey(ctx context.Context) {
+	o.newKey = make(chan keyResult, 1)
+	if key, ok, err := o.c.cfg.Issuer.OrderKey(ctx, o.placed, o.d.options.keyType); ok || err != nil {
+		o.newKey <- keyResult{key, err}
+		return
+	}
+	go func() {
+		key, err := o.c.cfg.Secrets.NewKey(o.d.options.keyType)
+		o.newKey <- keyResult{key, err}
+	}()
+}
+
 // finalize is step 5: the order's key, and the certificate for it.
 func (o *order) finalize(ctx context.Context) error {
-	key, err := o.privateKey(ctx)
-	if err != nil {
-		return err
+	k := <-o.newKey
+	if k.err != nil {
+		return k.err
 	}
+	key := k.key
 	chain, err := o.c.cfg.Issuer.Finalize(ctx, o.placed, key)
 	if err != nil {
 		return err
 	}
 	o.privKey, o.chain = key, chain
 	return nil
-}
-
-// privateKey is the order's key: the one the Issuer makes again for this
-// order in any process, so that an order finalized before a crash can be
-// finished, or else a fresh one made since the order began.
-func (o *order) privateKey(ctx context.Context) (crypto.Signer, error) {
-	key, ok, err := o.c.cfg.Issuer.OrderKey(ctx, o.placed, o.d.options.keyType)
-	if ok || err != nil {
-		return key, err
-	}
-	k := <-o.newKey
-	return k.key, k.err
 }
 
 // stillWanted reports whether an Ingress still asks for the certificate (the

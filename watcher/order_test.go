@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,8 +76,13 @@ func TestOrderKeyFromTheIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.issuer.orderKeys = map[string]crypto.Signer{"https://ca.test/order/1": want}
+	keys := &countingKeys{Secrets: f.c.cfg.Secrets}
+	f.c.cfg.Secrets = keys
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)
+	}
+	if n := keys.made.Load(); n != 0 {
+		t.Errorf("%d fresh keys made, want none: the Issuer's key is the order's", n)
 	}
 	sec, err := f.c.cfg.Client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
 	if err != nil {
@@ -89,4 +95,15 @@ func TestOrderKeyFromTheIssuer(t *testing.T) {
 	if !want.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(c.Leaf.PublicKey) {
 		t.Error("the Secret's key is not the one the Issuer made for the order")
 	}
+}
+
+// countingKeys counts the fresh keys made.
+type countingKeys struct {
+	Secrets
+	made atomic.Int32
+}
+
+func (c *countingKeys) NewKey(kt core.KeyType) (crypto.Signer, error) {
+	c.made.Add(1)
+	return c.Secrets.NewKey(kt)
 }
