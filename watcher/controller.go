@@ -95,7 +95,8 @@ type Controller struct {
 	queue         workqueue.TypedDelayingInterface[string]
 	recorder      record.EventRecorder
 	broadcaster   record.EventBroadcaster
-	flights       *flights // orders in flight, run outside the workers
+	flights       *flights      // orders in flight, run outside the workers
+	unjournalled  chan struct{} // a slot per order between placing and journalling it (see placeAndPresent)
 	presenter     presenter
 
 	// mu guards the state and uncovered maps, ready and started. A certState itself is only touched by
@@ -111,6 +112,14 @@ const (
 	indexCert    = "cert"
 	indexJournal = "journal"
 )
+
+// maxUnjournalled bounds the orders placed but not yet journalled on their
+// Ingress. A crash in that window loses the order: ACME has no idempotency
+// key, and a CA need not list an account's orders, so the next process cannot
+// find it and orders again. The bound caps what one crash costs, whatever
+// --max-orders-in-flight is; the window is an authorization fetch and one
+// Update long, so it costs no throughput worth measuring.
+const maxUnjournalled = 16
 
 // New wires the informers and the queue; nothing runs until Run.
 func New(cfg Config) (*Controller, error) {
@@ -128,6 +137,7 @@ func New(cfg Config) (*Controller, error) {
 		Name: "certificates", MetricsProvider: cfg.Metrics.Workqueue(),
 	})
 	c.flights = newFlights(cfg.MaxOrdersInFlight, c.queue.Add)
+	c.unjournalled = make(chan struct{}, maxUnjournalled)
 
 	if err := c.watch(); err != nil {
 		return nil, err

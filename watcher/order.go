@@ -51,11 +51,7 @@ func (o *order) run(ctx context.Context) result {
 	// journalling it is lost if the process dies there, so keep that short.
 	err := o.c.cfg.Solver.Ensure(ctx, o.d.namespace)
 	if err == nil {
-		err = o.place(ctx)
-	}
-	if err == nil {
-		o.prepareKey(ctx)
-		err = o.present(ctx)
+		err = o.placeAndPresent(ctx)
 	}
 	if err == nil {
 		err = o.selfCheck(ctx)
@@ -81,6 +77,22 @@ func (o *order) announce() {
 	o.log.Info("ordering certificate", "reason", o.why.message(), "resume", o.resume)
 	o.c.event(o.d, corev1.EventTypeNormal, "Issuing", fmt.Sprintf("ordering a certificate for %s from %s (%s)",
 		strings.Join(o.d.hosts, ", "), o.c.cfg.Issuer.DirectoryURL(), o.why.message()))
+}
+
+// placeAndPresent runs steps 2 and 3 holding one of the maxUnjournalled
+// slots: an order placed and not yet journalled is lost if the process dies.
+func (o *order) placeAndPresent(ctx context.Context) error {
+	select {
+	case o.c.unjournalled <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-o.c.unjournalled }()
+	if err := o.place(ctx); err != nil {
+		return err
+	}
+	o.prepareKey(ctx)
+	return o.present(ctx)
 }
 
 // place is step 2: a new order, an ARI replacement when renewing, or the

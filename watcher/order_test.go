@@ -107,3 +107,37 @@ func (c *countingKeys) NewKey(kt core.KeyType) (crypto.Signer, error) {
 	c.made.Add(1)
 	return c.Secrets.NewKey(kt)
 }
+
+// An order is placed only while fewer than maxUnjournalled orders are between
+// placing and journalling: a crash loses those, and only those.
+func TestOrdersWaitForAJournalSlot(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	for range maxUnjournalled {
+		f.c.unjournalled <- struct{}{}
+	}
+	f.waitCaches(t)
+	done := make(chan error, 1)
+	go func() {
+		r := f.c.sync(context.Background(), "ns/shop-tls")
+		f.c.flights.wait()
+		done <- r.err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the order ran with every slot taken (err %v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if n := f.issuer.count(); n != 0 {
+		t.Fatalf("%d orders placed with every slot taken, want 0", n)
+	}
+	<-f.c.unjournalled
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := f.issuer.count(); n != 1 {
+		t.Errorf("orders: got %d, want 1 once a slot was free", n)
+	}
+	if n := len(f.c.unjournalled); n != maxUnjournalled-1 {
+		t.Errorf("slots taken after the order: %d, want %d (its own given back)", n, maxUnjournalled-1)
+	}
+}

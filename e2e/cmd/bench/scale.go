@@ -64,48 +64,54 @@ func followPebble(path string) *pebbleLog {
 // "Pebble 2006/01/02 15:04:05 POST /order-plz -> calling handler()" (local
 // time) for each request it handles.
 func (pl *pebbleLog) requests() ([]pebbleRequest, error) {
-	var out []pebbleRequest
-	err := pl.scan(func(line string) {
-		rest, ok := strings.CutPrefix(line, "Pebble ")
-		if !ok || !strings.HasSuffix(line, " -> calling handler()") || len(rest) < 20 {
-			return
-		}
-		at, err := time.ParseInLocation("2006/01/02 15:04:05", rest[:19], time.Local)
-		if err != nil {
-			return
-		}
-		f := strings.Fields(strings.TrimSuffix(rest[20:], " -> calling handler()"))
-		if len(f) != 2 {
-			return
-		}
-		out = append(out, pebbleRequest{at: at, method: f[0], path: f[1]})
-	})
-	return out, err
+	seen, err := pl.read()
+	return seen.requests, err
 }
 
-// ordersAdded counts the orders Pebble created since followPebble: its
-// "Added order" lines. New-order requests are more: Pebble rejects 5% of
-// nonces by default (badNonce), and the client sends those again.
-func (pl *pebbleLog) ordersAdded() (int, error) {
-	n := 0
-	err := pl.scan(func(line string) {
-		if strings.Contains(line, "Added order \"") {
-			n++
-		}
-	})
-	return n, err
+// pebbleSeen is what a Pebble log shows since followPebble.
+type pebbleSeen struct {
+	requests []pebbleRequest
+	// added counts the orders Pebble created ("Added order" lines). New-order
+	// requests are more: Pebble rejects 5% of nonces by default (badNonce),
+	// and the client sends those again.
+	added int
+	// invalidated counts the orders Pebble set invalid ("order ... set
+	// INVALID" lines): those whose validation failed.
+	invalidated int
 }
 
-// ordersInvalidated counts the orders Pebble set invalid since followPebble
-// (its "order ... set INVALID" lines): those whose validation failed.
-func (pl *pebbleLog) ordersInvalidated() (int, error) {
-	n := 0
+// read reads the log since followPebble, once.
+func (pl *pebbleLog) read() (pebbleSeen, error) {
+	var seen pebbleSeen
 	err := pl.scan(func(line string) {
-		if strings.Contains(line, " order ") && strings.Contains(line, " set INVALID ") {
-			n++
+		switch {
+		case strings.Contains(line, "Added order \""):
+			seen.added++
+		case strings.Contains(line, " order ") && strings.Contains(line, " set INVALID "):
+			seen.invalidated++
+		}
+		if r, ok := parseRequest(line); ok {
+			seen.requests = append(seen.requests, r)
 		}
 	})
-	return n, err
+	return seen, err
+}
+
+// parseRequest reads a request line of a Pebble log.
+func parseRequest(line string) (pebbleRequest, bool) {
+	rest, ok := strings.CutPrefix(line, "Pebble ")
+	if !ok || !strings.HasSuffix(line, " -> calling handler()") || len(rest) < 20 {
+		return pebbleRequest{}, false
+	}
+	at, err := time.ParseInLocation("2006/01/02 15:04:05", rest[:19], time.Local)
+	if err != nil {
+		return pebbleRequest{}, false
+	}
+	f := strings.Fields(strings.TrimSuffix(rest[20:], " -> calling handler()"))
+	if len(f) != 2 {
+		return pebbleRequest{}, false
+	}
+	return pebbleRequest{at: at, method: f[0], path: f[1]}, true
 }
 
 // scan calls fn with every line logged since followPebble.
@@ -253,14 +259,11 @@ func (b *bench) thousandAtOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	reqs, err := pl.requests()
+	seen, err := pl.read()
 	if err != nil {
 		return err
 	}
-	orders, err := pl.ordersAdded()
-	if err != nil {
-		return err
-	}
+	reqs, orders := seen.requests, seen.added
 	failures, _ := c.Metric("ingress_acme_issuances_total", "outcome", "failure")
 	b.add(fmt.Sprintf("  orders (%d at once)", n), fmt.Sprintf("%d (%.2f per certificate, %.0f failed issuances; %d new-order requests, badNonce retries included)",
 		orders, float64(orders)/float64(n), failures, newOrders(reqs)), fmt.Sprintf("%d", n), verdict(orders <= n))
@@ -407,18 +410,11 @@ func (b *bench) killsDuringIssuance(ctx context.Context) error {
 	if cleanErr != nil {
 		b.note("kills: %v", cleanErr)
 	}
-	reqs, err := pl.requests()
+	seen, err := pl.read()
 	if err != nil {
 		return err
 	}
-	orders, err := pl.ordersAdded()
-	if err != nil {
-		return err
-	}
-	invalid, err := pl.ordersInvalidated()
-	if err != nil {
-		return err
-	}
+	reqs, orders, invalid := seen.requests, seen.added, seen.invalidated
 	b.say("  beyond one per certificate: %d orders went invalid at the CA (validated while no process answered), %d were left unfinished (a process was killed before it journalled them)",
 		invalid, max(0, orders-n-invalid))
 	target := float64(n+during) / float64(n) // one order per certificate, plus one per kill at most
