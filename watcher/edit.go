@@ -72,11 +72,16 @@ func writeJournal(ing *networkingv1.Ingress, entries []Entry) {
 // appended. Entries already present are skipped. It returns whether ing changed;
 // an unparsable journal is an error and leaves ing as it was.
 func insertPaths(ing *networkingv1.Ingress, entries []Entry, service string, pathType networkingv1.PathType) (bool, error) {
-	journal, err := readJournal(ing)
-	if err != nil {
+	if _, err := readJournal(ing); err != nil {
 		return false, err
 	}
-	changed := false
+	// An order replaces any other of its certificate's (one that a process
+	// that died left, or that the CA failed), in the same Update: the journal
+	// names only the live order, which is the one a restart continues.
+	changed := len(entries) > 0 && removeEntries(ing, service, func(e Entry) bool {
+		return e.Secret == entries[0].Secret && e.Order != entries[0].Order
+	})
+	journal, _ := readJournal(ing)
 	for _, e := range entries {
 		if slices.ContainsFunc(journal, e.samePath) {
 			continue
@@ -117,6 +122,11 @@ func insertPaths(ing *networkingv1.Ingress, entries []Entry, service string, pat
 // removes every challenge path routed to service and the journal. It returns
 // whether ing changed.
 func removePaths(ing *networkingv1.Ingress, secret, service string) bool {
+	return removeEntries(ing, service, func(e Entry) bool { return secret == "" || e.Secret == secret })
+}
+
+// removeEntries is removePaths for the journal entries that match.
+func removeEntries(ing *networkingv1.Ingress, service string, match func(Entry) bool) bool {
 	journal, err := readJournal(ing)
 	ours := func(p networkingv1.HTTPIngressPath, host string) bool {
 		if p.Backend.Service == nil || p.Backend.Service.Name != service || !strings.HasPrefix(p.Path, core.ChallengePathPrefix) {
@@ -126,7 +136,7 @@ func removePaths(ing *networkingv1.Ingress, secret, service string) bool {
 			return true
 		}
 		return slices.ContainsFunc(journal, func(e Entry) bool {
-			return (secret == "" || e.Secret == secret) && strings.EqualFold(e.Host, host) && e.Path() == p.Path
+			return match(e) && strings.EqualFold(e.Host, host) && e.Path() == p.Path
 		})
 	}
 	changed := false
@@ -146,7 +156,7 @@ func removePaths(ing *networkingv1.Ingress, secret, service string) bool {
 	}
 	ing.Spec.Rules = rules
 
-	kept := slices.DeleteFunc(slices.Clone(journal), func(e Entry) bool { return secret == "" || e.Secret == secret })
+	kept := slices.DeleteFunc(slices.Clone(journal), match)
 	if err != nil {
 		kept = nil
 	}

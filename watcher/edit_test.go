@@ -196,6 +196,37 @@ func TestInsertPathsAppendsToJournal(t *testing.T) {
 	}
 }
 
+// A new order of a certificate replaces, in the same edit, what another order
+// of it journalled (one a dead process left, or that the CA failed): a restart
+// then continues the new order, not the dead one (found by the kills bench,
+// which ordered again for the dead order after every kill). Other
+// certificates' entries stay.
+func TestInsertPathsReplacesAnotherOrderOfTheCertificate(t *testing.T) {
+	ing := fxIngress("web", "a.example.com")
+	dead := Entry{Secret: "x-tls", Host: "a.example.com", Token: "t1", Order: "https://ca/order/1"}
+	other := Entry{Secret: "y-tls", Host: "a.example.com", Token: "t9", Order: "https://ca/order/9"}
+	live := Entry{Secret: "x-tls", Host: "a.example.com", Token: "t2", Order: "https://ca/order/2"}
+	for _, es := range [][]Entry{{dead}, {other}} {
+		if _, err := insertPaths(ing, es, solverSvc, networkingv1.PathTypeExact); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if changed, err := insertPaths(ing, []Entry{live}, solverSvc, networkingv1.PathTypeExact); err != nil || !changed {
+		t.Fatalf("insert: changed %v, %v", changed, err)
+	}
+	if got, want := fxJournal(t, ing), []Entry{other, live}; !slices.Equal(got, want) {
+		t.Errorf("got journal %v, want %v", got, want)
+	}
+	want := "a.example.com: " + chal("t2") + ">" + solverSvc + ", " + chal("t9") + ">" + solverSvc + ", />web"
+	if got := fxLayout(ing); got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+	// The same order again (a resume) changes nothing.
+	if changed, err := insertPaths(ing, []Entry{live}, solverSvc, networkingv1.PathTypeExact); err != nil || changed {
+		t.Errorf("insert again: changed %v, %v; want no change", changed, err)
+	}
+}
+
 func TestInsertPathsJournalFormat(t *testing.T) {
 	ing := fxIngress("web", "a.example.com")
 	ing.Annotations = nil
