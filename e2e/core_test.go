@@ -146,14 +146,14 @@ func TestZeroDowntime(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // requests before the opt-in
 	updateIngress(t, ns, "live", func(i *networkingv1.Ingress) { i.Annotations["kubernetes.io/tls-acme"] = "true" })
 	sec, leaf := waitCertificate(t, ns, "live-tls", 60*time.Second, h)
-	waitServed(t, h, leaf, 10*time.Second)
+	waitServed(t, h, leaf, servedWithin)
 	p.https.Store(true)
 
 	renewedSec, renewed := waitRenewed(t, ns, "live-tls", leaf, 2*shortLived, h)
 	if renewedSec.UID != sec.UID {
 		t.Errorf("renewal replaced the Secret (uid %s -> %s), want an update in place", sec.UID, renewedSec.UID)
 	}
-	waitServed(t, h, renewed, 10*time.Second)
+	waitServed(t, h, renewed, servedWithin)
 	time.Sleep(200 * time.Millisecond) // requests after the renewal is served
 	p.check(t)
 }
@@ -180,7 +180,7 @@ func TestRenewalBeforeExpiry(t *testing.T) {
 		}
 		leaf = next
 	}
-	waitServed(t, h, leaf, 10*time.Second)
+	waitServed(t, h, leaf, servedWithin)
 	if n := ctl.count("order created", "replaces", true); n < 2 {
 		t.Errorf("replacement orders: got %d, want at least 2", n)
 	}
@@ -206,8 +206,8 @@ func TestSharedSecretOneOrder(t *testing.T) {
 		createIngress(t, ing)
 	}
 	_, leaf := waitCertificate(t, ns, "shared-tls", 60*time.Second, a, b)
-	waitServed(t, a, leaf, 10*time.Second)
-	waitServed(t, b, leaf, 10*time.Second)
+	waitServed(t, a, leaf, servedWithin)
+	waitServed(t, b, leaf, servedWithin)
 	time.Sleep(time.Second) // any second order would have started by now
 	if n := ctl.orders(); n != 1 {
 		t.Errorf("orders: got %d, want 1", n)
@@ -305,7 +305,7 @@ func TestUserEditDuringChallenge(t *testing.T) {
 			return !journal && len(ing.Spec.TLS) == 1, fmt.Sprintf("journal %v, tls %v", journal, tlsNames(ing))
 		})
 		assertClean(t, getIngress(t, ns, name), []networkingv1.IngressRule{*want})
-		waitServed(t, h, leaf, 10*time.Second)
+		waitServed(t, h, leaf, servedWithin)
 		return
 	}
 }
@@ -343,7 +343,7 @@ func TestBadInputAndTLSOnlyHosts(t *testing.T) {
 		return len(ing.Spec.Rules) == 1 && ing.Annotations[journalAnnotation] == "", fmt.Sprintf("%d rules", len(ing.Spec.Rules))
 	})
 	assertClean(t, getIngress(t, ns, "good"), created.Spec.Rules)
-	waitServed(t, good, leaf, 10*time.Second)
+	waitServed(t, good, leaf, servedWithin)
 
 	for _, b := range bad {
 		waitFor(t, 10*time.Second, b.name+": "+b.reason+" event", func() (bool, string) {

@@ -41,7 +41,7 @@ func assertIssuedAndClean(t *testing.T, created *networkingv1.Ingress, secret st
 	ing := getIngress(t, created.Namespace, created.Name)
 	assertClean(t, ing, created.Spec.Rules)
 	assertManagersKept(t, created, ing)
-	waitServed(t, hosts[0], leaf, 10*time.Second)
+	waitServed(t, hosts[0], leaf, servedWithin)
 }
 
 // assertManagersKept checks that every field manager of created still has its

@@ -113,7 +113,7 @@ func TestUnreachableDoNotDelayOthers(t *testing.T) {
 	if took > 10*time.Second {
 		t.Errorf("the good Ingress waited %s for its certificate behind %d unreachable ones, want a few seconds", took.Round(time.Millisecond), unreachable)
 	}
-	waitServed(t, good, leaf, 10*time.Second)
+	waitServed(t, good, leaf, servedWithin)
 
 	waitFor(t, 90*time.Second, "a Failed Warning on every unreachable Ingress", func() (bool, string) {
 		have, missing := warned(t, ns, "Failed", names)

@@ -147,7 +147,7 @@ func TestCAUnreachable(t *testing.T) {
 	}
 	_, leaf := waitCertificate(t, ns, "later-tls", 60*time.Second, h)
 	waitRestored(t, created)
-	waitServed(t, h, leaf, 10*time.Second)
+	waitServed(t, h, leaf, servedWithin)
 	t.Logf("%d failed attempts while the CA was unreachable (~4 s), then issued", failures)
 	if failures < 2 || failures > 5 {
 		t.Errorf("failed attempts in ~4 s with a 1 s base backoff: got %d, want 2 to 5", failures)

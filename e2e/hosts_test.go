@@ -208,7 +208,7 @@ func TestHostAddedAfterIssuance(t *testing.T) {
 	created := createIngress(t, newIngress(ns, "app", "web", true, a))
 	_, leaf := waitCertificate(t, ns, "app-tls", 60*time.Second, a)
 	waitManagedTLS(t, ns, "app", "app-tls", 10*time.Second, a)
-	waitServed(t, a, leaf, 10*time.Second)
+	waitServed(t, a, leaf, servedWithin)
 
 	p := startProber(t, a)
 	p.https.Store(true)
@@ -226,8 +226,8 @@ func TestHostAddedAfterIssuance(t *testing.T) {
 	if took > 15*time.Second {
 		t.Errorf("the added host took %s to be covered, want seconds", took.Round(time.Millisecond))
 	}
-	waitServed(t, a, both, 10*time.Second)
-	waitServed(t, b, both, 10*time.Second)
+	waitServed(t, a, both, servedWithin)
+	waitServed(t, b, both, servedWithin)
 	p.check(t)
 	hist.checkTLSFollowed(t, "app-tls", b)
 	assertClean(t, getIngress(t, ns, "app"), append(created.Spec.Rules, newIngress(ns, "app", "web", true, b).Spec.Rules...))
@@ -263,8 +263,8 @@ func TestHostAddedDuringChallenge(t *testing.T) {
 	if took > 20*time.Second {
 		t.Errorf("the host added during the challenge took %s to be covered, want seconds (no resync)", took.Round(time.Millisecond))
 	}
-	waitServed(t, a, leaf, 10*time.Second)
-	waitServed(t, b, leaf, 10*time.Second)
+	waitServed(t, a, leaf, servedWithin)
+	waitServed(t, b, leaf, servedWithin)
 	if n := eventCount(t, ns, name, "Issuing"); n < 1 || n > 2 {
 		t.Errorf("Issuing events for %s: got %d, want 1 or 2\n%s", name, n, eventsByReason(t, ns, name))
 	}
@@ -291,7 +291,7 @@ func TestHostRemoved(t *testing.T) {
 		return l.SerialNumber.Cmp(leaf.SerialNumber) != 0 && slices.Equal(sortedHosts(l.DNSNames...), []string{a}), fmt.Sprintf("serial %x for %v", l.SerialNumber, l.DNSNames)
 	}, a)
 	waitManagedTLS(t, ns, "app", "app-tls", 10*time.Second, a)
-	waitServed(t, a, only, 10*time.Second)
+	waitServed(t, a, only, servedWithin)
 	if n := eventCount(t, ns, "app", "Issuing"); n != 2 {
 		t.Errorf("Issuing events: got %d, want 2\n%s", n, eventsByReason(t, ns, "app"))
 	}
@@ -351,7 +351,7 @@ func TestUserTakesOverTLS(t *testing.T) {
 			fmt.Sprintf("spec.tls %v (want the user's %s), %s %q", got, want, managedTLSAnnotation, raw)
 	}
 	waitFor(t, 10*time.Second, "the user's entry, no record", userEntry)
-	waitServed(t, c, leaf, 10*time.Second)
+	waitServed(t, c, leaf, servedWithin)
 	issuing := eventCount(t, ns, "app", "Issuing")
 
 	// The user adds host b to the rules only: it is reported, and neither the

@@ -41,8 +41,8 @@ func TestIssueTwoHostsNoTLS(t *testing.T) {
 		return slices.Equal(got, want) && !journal, fmt.Sprintf("spec.tls %v, journal %v", got, journal)
 	})
 	assertClean(t, getIngress(t, ns, "shop"), created.Spec.Rules)
-	waitServed(t, a, leaf, 10*time.Second)
-	waitServed(t, b, leaf, 10*time.Second)
+	waitServed(t, a, leaf, servedWithin)
+	waitServed(t, b, leaf, servedWithin)
 	if n := ctl.orders(); n != 1 {
 		t.Errorf("orders: got %d, want 1", n)
 	}
@@ -62,7 +62,7 @@ func TestRestartReusesAccountAndCertificate(t *testing.T) {
 	h := host(ns, "app")
 	createIngress(t, newIngress(ns, "app", "web", true, h))
 	sec, leaf := waitCertificate(t, ns, "app-tls", 60*time.Second, h)
-	waitServed(t, h, leaf, 10*time.Second)
+	waitServed(t, h, leaf, servedWithin)
 	if n := ctl.count("acme account ready", "registered", true); n != 1 {
 		t.Fatalf("accounts registered on the first run: got %d, want 1", n)
 	}

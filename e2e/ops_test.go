@@ -359,7 +359,7 @@ func TestHealthEndpoints(t *testing.T) {
 	h := host(ns, "ha")
 	createIngress(t, ninetyDayIngress(ns, "ha", "web", h))
 	_, leaf := waitCertificate(t, ns, "ha-tls", 60*time.Second, h)
-	waitServed(t, h, leaf, 10*time.Second)
+	waitServed(t, h, leaf, servedWithin)
 	if n := leader.orders(); n != 1 {
 		t.Errorf("leader orders: got %d, want 1", n)
 	}
@@ -589,14 +589,14 @@ func TestManifestApplies(t *testing.T) {
 	short.Annotations[profileAnnotation] = "shortlived"
 	createIngress(t, short)
 	_, leaf := waitCertificate(t, ns, "manifest-tls", 60*time.Second, h)
-	waitServed(t, h, leaf, 10*time.Second)
+	waitServed(t, h, leaf, servedWithin)
 	waitRestored(t, created)
 	if len(events(t, ns, "manifest", "Issued")) == 0 {
 		t.Error("no Issued event: events are not writable with the manifest's RBAC")
 	}
 	_, shortLeaf := waitCertificate(t, ns, "short-tls", 60*time.Second, hs)
 	_, renewed := waitRenewed(t, ns, "short-tls", shortLeaf, 2*shortLived, hs)
-	waitServed(t, hs, renewed, 10*time.Second)
+	waitServed(t, hs, renewed, servedWithin)
 
 	// The Lease is held, and renewed (update) since it was taken (create).
 	lease, err := cs.CoordinationV1().Leases(home).Get(ctx, "ingress-acme", metav1.GetOptions{})
