@@ -69,8 +69,10 @@ func writeJournal(ing *networkingv1.Ingress, entries []Entry) {
 // path for each entry routed to service port 80, and journals them. The path goes
 // first in the first rule for the entry's host that has HTTP paths, so controllers
 // that match in order see it; where no such rule exists, a rule for the host is
-// appended. Entries already present are skipped. It returns whether ing changed;
-// an unparsable journal is an error and leaves ing as it was.
+// appended. Entries already present are skipped; what another order of the
+// same certificate journalled is removed (entries all belong to one order). It
+// returns whether ing changed; an unparsable journal is an error and leaves ing
+// as it was.
 func insertPaths(ing *networkingv1.Ingress, entries []Entry, service string, pathType networkingv1.PathType) (bool, error) {
 	if _, err := readJournal(ing); err != nil {
 		return false, err
