@@ -68,6 +68,29 @@ func newController(t *testing.T, ns string, extra ...string) *controller {
 	return c
 }
 
+// newControllerWith prepares a controller from opts (Binary is filled in),
+// stopped and its logs printed on failure when the test ends.
+func newControllerWith(t *testing.T, opts testbed.ControllerOptions) *controller {
+	t.Helper()
+	bin, err := controllerBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Binary = bin
+	tc, err := bed.NewController(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &controller{Controller: tc, t: t}
+	t.Cleanup(func() {
+		c.stop()
+		if t.Failed() {
+			t.Logf("controller logs (%s, last 150 lines):\n%s", opts.Namespace, c.LogTail(150))
+		}
+	})
+	return c
+}
+
 func (c *controller) start() {
 	c.t.Helper()
 	if err := c.Start(); err != nil {

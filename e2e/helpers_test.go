@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -251,4 +253,33 @@ func tlsNames(ing *networkingv1.Ingress) []string {
 		out = append(out, t.SecretName+":"+strings.Join(hosts, ","))
 	}
 	return out
+}
+
+// ninetyDayIngress is an opted-in Ingress asking for Pebble's "default" profile
+// (90-day certificates). With no profile in the order, the testbed's Pebble
+// picks one of its profiles at random, and its "shortlived" one lasts
+// seconds: renewals would race with what these tests compare.
+func ninetyDayIngress(ns, name, backend string, hosts ...string) *networkingv1.Ingress {
+	ing := newIngress(ns, name, backend, true, hosts...)
+	ing.Annotations[profileAnnotation] = "default"
+	return ing
+}
+
+func lookPath(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed: run `make tools` (%v)", name, err)
+	}
+	return p
+}
+
+// deployPath is the path of deploy/name in the repository.
+func deployPath(t *testing.T, name string) string {
+	t.Helper()
+	root, err := testbed.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, "deploy", name)
 }
