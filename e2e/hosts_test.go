@@ -16,6 +16,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/ingress-acme/ingress-acme/e2e/testbed"
 )
 
 // Hosts added to and removed from an opted-in Ingress: the spec.tls entry the
@@ -409,7 +411,7 @@ func TestUserTLSMissingRuleHost(t *testing.T) {
 	// and no second Event.
 	updateIngress(t, ns, "site", func(i *networkingv1.Ingress) { i.Annotations["ingress-acme.io/key-type"] = "ecdsa-p384" })
 	_, p384 := waitRenewed(t, ns, "site-tls", leaf, 30*time.Second, a)
-	if got := keyTypeOf(p384); got != "ecdsa-p384" {
+	if got := testbed.KeyTypeOf(p384); got != "ecdsa-p384" {
 		t.Errorf("key type after the change: got %s, want ecdsa-p384", got)
 	}
 	waitFor(t, 10*time.Second, "the re-issued certificate's Issued or Renewed event", func() (bool, string) {

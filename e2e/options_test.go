@@ -2,29 +2,15 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rsa"
-	"crypto/x509"
-	"fmt"
 	"testing"
 	"time"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
-)
 
-// keyTypeOf names the key type of a certificate's public key.
-func keyTypeOf(c *x509.Certificate) string {
-	switch k := c.PublicKey.(type) {
-	case *ecdsa.PublicKey:
-		return map[elliptic.Curve]string{elliptic.P256(): "ecdsa-p256", elliptic.P384(): "ecdsa-p384"}[k.Curve]
-	case *rsa.PublicKey:
-		return fmt.Sprintf("rsa-%d", k.N.BitLen())
-	}
-	return fmt.Sprintf("%T", c.PublicKey)
-}
+	"github.com/ingress-acme/ingress-acme/e2e/testbed"
+)
 
 // Each key type and challenge path type asked for is what the certificate and
 // the challenge path get; changing the key type re-issues.
@@ -80,7 +66,7 @@ func TestKeyAndPathTypeOptions(t *testing.T) {
 		if want == "" {
 			want = "ecdsa-p256"
 		}
-		if got := keyTypeOf(leaf); got != want {
+		if got := testbed.KeyTypeOf(leaf); got != want {
 			t.Errorf("%s: key type got %s, want %s", c.name, got, want)
 		}
 		wantPath := c.pathType
@@ -102,7 +88,7 @@ func TestKeyAndPathTypeOptions(t *testing.T) {
 	_, before := waitCertificate(t, ns, "default-tls", 10*time.Second, host(ns, "default"))
 	updateIngress(t, ns, "default", func(i *networkingv1.Ingress) { i.Annotations["ingress-acme.io/key-type"] = "rsa-2048" })
 	_, after := waitRenewed(t, ns, "default-tls", before, 60*time.Second, host(ns, "default"))
-	if got := keyTypeOf(after); got != "rsa-2048" {
+	if got := testbed.KeyTypeOf(after); got != "rsa-2048" {
 		t.Errorf("after the change: key type got %s, want rsa-2048", got)
 	}
 	if n := ctl.orders() - orders; n != 1 {

@@ -1,4 +1,4 @@
-package e2e
+package soak
 
 import (
 	"context"
@@ -319,7 +319,7 @@ func (s *soak) shouldFor(li *liveIngress) map[string]*epoch {
 // --- HTTP: every app path answers, all the time ---
 
 func (s *soak) probeHTTP(ctx context.Context) {
-	client := bed.HTTPClient("")
+	client := s.bed.HTTPClient("")
 	client.Timeout = 5 * time.Second
 	for ctx.Err() == nil {
 		s.mu.Lock()
@@ -420,7 +420,7 @@ func (s *soak) probeHost(ctx context.Context, e *epoch) {
 	var leaf *x509.Certificate
 	var chain []*x509.Certificate
 	problem := ""
-	client := bed.HTTPClientWithRoots(e.Host, nil)
+	client := s.bed.HTTPClientWithRoots(e.Host, nil)
 	client.Timeout = 5 * time.Second
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+e.Host+"/", nil)
 	resp, err := client.Do(req)
@@ -455,8 +455,8 @@ func (s *soak) probeHost(ctx context.Context, e *epoch) {
 			problem = fmt.Sprintf("chain not valid at the request (serial %x, issuer %q, %s..%s): %v", leaf.SerialNumber, leaf.Issuer.CommonName,
 				leaf.NotBefore.Format("15:04:05"), leaf.NotAfter.Format("15:04:05"), err)
 		}
-		if problem == "" && keyTypeOf(leaf) != e.KeyType {
-			problem = fmt.Sprintf("key type %s served, want %s", keyTypeOf(leaf), e.KeyType)
+		if problem == "" && testbed.KeyTypeOf(leaf) != e.KeyType {
+			problem = fmt.Sprintf("key type %s served, want %s", testbed.KeyTypeOf(leaf), e.KeyType)
 		}
 		if life := leaf.NotAfter.Sub(leaf.NotBefore); problem == "" && (e.Profile == "shortlived") != (life < time.Hour) {
 			problem = fmt.Sprintf("validity %s served, want the %s profile", life.Round(time.Second), e.Profile)
@@ -541,7 +541,7 @@ func (s *soak) pollIngresses(ctx context.Context) {
 		var items []networkingv1.Ingress
 		failed := false
 		for _, ns := range s.nsNames {
-			l, err := bed.Client().NetworkingV1().Ingresses(ns).List(ctx, metav1.ListOptions{})
+			l, err := s.bed.Client().NetworkingV1().Ingresses(ns).List(ctx, metav1.ListOptions{})
 			if err != nil {
 				failed = true
 				break
@@ -757,7 +757,7 @@ func (s *soak) pollSecrets(ctx context.Context) {
 		byKey := map[string]*corev1.Secret{}
 		failed := false
 		for _, ns := range s.nsNames {
-			l, err := bed.Client().CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+			l, err := s.bed.Client().CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
 			if err != nil {
 				failed = true
 				break

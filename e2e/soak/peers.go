@@ -1,4 +1,4 @@
-package e2e
+package soak
 
 import (
 	"context"
@@ -35,14 +35,15 @@ type soakPeers struct {
 	ready map[string]bool // address -> ready
 }
 
-func newSoakPeers(ns string) (*soakPeers, error) {
+// newSoakPeers writes the slice in ns with admin (the testbed's AdminConfig).
+func newSoakPeers(admin *rest.Config, ns string) (*soakPeers, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	cfg := rest.CopyConfig(bed.AdminConfig)
+	cfg := rest.CopyConfig(admin)
 	cfg.WarningHandler = rest.NoWarnings{} // FQDN slices draw a warning on every write
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

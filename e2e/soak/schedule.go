@@ -1,4 +1,4 @@
-package e2e
+package soak
 
 import (
 	"crypto/sha256"
@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -43,7 +42,8 @@ const (
 	faultAPIServer = "apiserver-restart" // kube-apiserver stopped, and started again after Dur
 )
 
-var faultKinds = []string{faultKill, faultTerm, faultFailover, faultCrashLoop, faultPebble, faultCACut, faultAPIServer}
+// FaultKinds are the kinds of fault, each scheduled in turn.
+var FaultKinds = []string{faultKill, faultTerm, faultFailover, faultCrashLoop, faultPebble, faultCACut, faultAPIServer}
 
 // Ingress classes the driver uses: unset and soakClassServed are served by
 // Traefik, soakClassUnserved by nobody (the CA cannot reach its hosts).
@@ -116,7 +116,7 @@ func (p *planIngress) String() string {
 
 // apply changes p as op does (user operations on the Ingress itself; the
 // others leave p as it is).
-func (p *planIngress) apply(op soakOp) {
+func (p *planIngress) apply(op Op) {
 	switch op.Kind {
 	case opAddHost:
 		p.Hosts = append(p.Hosts, op.Host)
@@ -147,8 +147,8 @@ func (p *planIngress) apply(op soakOp) {
 	}
 }
 
-// soakOp is one step of the schedule: a user operation or a fault.
-type soakOp struct {
+// Op is one step of the schedule: a user operation or a fault.
+type Op struct {
 	At     time.Duration
 	Kind   string
 	Ing    int          // the Ingress's index (user operations)
@@ -161,7 +161,7 @@ type soakOp struct {
 	Fault  bool
 }
 
-func (o soakOp) String() string {
+func (o Op) String() string {
 	at := fmt.Sprintf("+%7.3fs", o.At.Seconds())
 	switch {
 	case o.Fault:
@@ -183,16 +183,16 @@ func (o soakOp) String() string {
 	return fmt.Sprintf("%s i%d %s %q", at, o.Ing, o.Kind, o.Value)
 }
 
-// soakPlan is a whole schedule.
-type soakPlan struct {
+// Plan is a whole schedule.
+type Plan struct {
 	Seed       uint64
 	Duration   time.Duration
 	Namespaces int
-	Ops        []soakOp // user operations and faults, by time
+	Ops        []Op // user operations and faults, by time
 }
 
-// digest identifies the schedule, to confirm a replay runs the same one.
-func (p *soakPlan) digest() string {
+// Digest identifies the schedule, to confirm a replay runs the same one.
+func (p *Plan) Digest() string {
 	h := sha256.New()
 	for _, o := range p.Ops {
 		fmt.Fprintln(h, o)
@@ -200,25 +200,25 @@ func (p *soakPlan) digest() string {
 	return fmt.Sprintf("%x", h.Sum(nil))[:16]
 }
 
-func (p *soakPlan) String() string {
+func (p *Plan) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d, duration %s, %d namespaces, schedule %s\n", p.Seed, p.Duration, p.Namespaces, p.digest())
+	fmt.Fprintf(&b, "seed %d, duration %s, %d namespaces, schedule %s\n", p.Seed, p.Duration, p.Namespaces, p.Digest())
 	for _, o := range p.Ops {
 		fmt.Fprintln(&b, o)
 	}
 	return b.String()
 }
 
-// soakQuietTail is how long before the end no fault starts (at most a third of
+// QuietTail is how long before the end no fault starts (at most a third of
 // the run), so that the run ends with everything settled and every promise
 // checkable.
-const soakQuietTail = 30 * time.Second
+const QuietTail = 30 * time.Second
 
-// newSoakPlan derives the schedule from seed and duration only.
-func newSoakPlan(seed uint64, d time.Duration, namespaces int) *soakPlan {
+// NewPlan derives the schedule from seed and duration only.
+func NewPlan(seed uint64, d time.Duration, namespaces int) *Plan {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	between := func(lo, hi time.Duration) time.Duration { return lo + time.Duration(rng.Int64N(int64(hi-lo)+1)) }
-	plan := &soakPlan{Seed: seed, Duration: d, Namespaces: namespaces}
+	plan := &Plan{Seed: seed, Duration: d, Namespaces: namespaces}
 
 	// Users.
 	live := map[int]*planIngress{}
@@ -274,7 +274,7 @@ func newSoakPlan(seed uint64, d time.Duration, namespaces int) *soakPlan {
 			foreign[foreignKey(p)] = true
 		}
 		live[p.Idx] = p
-		plan.Ops = append(plan.Ops, soakOp{At: at, Kind: opCreate, Ing: p.Idx, Create: p.clone()})
+		plan.Ops = append(plan.Ops, Op{At: at, Kind: opCreate, Ing: p.Idx, Create: p.clone()})
 	}
 	for i := range 6 {
 		create(time.Duration(i) * 250 * time.Millisecond)
@@ -322,7 +322,7 @@ func newSoakPlan(seed uint64, d time.Duration, namespaces int) *soakPlan {
 		if p == nil {
 			continue
 		}
-		op := soakOp{At: at, Kind: c.kind, Ing: p.Idx}
+		op := Op{At: at, Kind: c.kind, Ing: p.Idx}
 		switch c.kind {
 		case opAddHost:
 			op.Host = newHost()
@@ -362,15 +362,15 @@ func newSoakPlan(seed uint64, d time.Duration, namespaces int) *soakPlan {
 
 	// Faults: one at a time, between 8% of the run and the quiet tail, each kind
 	// in turn in an order the seed shuffles.
-	end := d - min(soakQuietTail, d/3)
+	end := d - min(QuietTail, d/3)
 	long := d > 3*time.Minute
 	var kinds []string
 	for at := d*8/100 + between(0, 2*time.Second); at < end; {
 		if len(kinds) == 0 {
-			kinds = slices.Clone(faultKinds)
+			kinds = slices.Clone(FaultKinds)
 			rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 		}
-		f := soakOp{At: at, Kind: kinds[0], Fault: true}
+		f := Op{At: at, Kind: kinds[0], Fault: true}
 		kinds = kinds[1:]
 		busy := time.Duration(0)
 		switch f.Kind {
@@ -412,7 +412,7 @@ func newSoakPlan(seed uint64, d time.Duration, namespaces int) *soakPlan {
 		}
 		at += busy + gap
 	}
-	slices.SortStableFunc(plan.Ops, func(a, b soakOp) int { return int(a.At - b.At) })
+	slices.SortStableFunc(plan.Ops, func(a, b Op) int { return int(a.At - b.At) })
 	return plan
 }
 
@@ -423,29 +423,4 @@ func sortedIdx[V any](m map[int]V) []int {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-// The schedule is a function of the seed and the duration alone: a seed
-// replays the same life, another seed lives another one.
-func TestSoakScheduleReplays(t *testing.T) {
-	t.Parallel()
-	for _, d := range []time.Duration{soakDefaultDuration, 20 * time.Minute} {
-		a, b := newSoakPlan(soakDefaultSeed, d, 3), newSoakPlan(soakDefaultSeed, d, 3)
-		if a.String() != b.String() {
-			t.Errorf("%s: the same seed gave two schedules", d)
-		}
-		if c := newSoakPlan(soakDefaultSeed+1, d, 3); c.digest() == a.digest() {
-			t.Errorf("%s: seeds %d and %d gave the same schedule", d, soakDefaultSeed, soakDefaultSeed+1)
-		}
-		kinds := map[string]bool{}
-		for _, o := range a.Ops {
-			kinds[o.Kind] = true
-			if o.Fault && o.At > d-min(soakQuietTail, d/3) {
-				t.Errorf("%s: fault %s in the quiet tail", d, o)
-			}
-		}
-		if d > time.Minute && len(kinds) < len(faultKinds)+10 {
-			t.Errorf("%s: only %d kinds of operation and fault: %v", d, len(kinds), kinds)
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package e2e
+package soak
 
 import (
 	"bytes"
@@ -352,9 +352,9 @@ func certWithRoot(name string, ips []net.IP, hosts ...string) (certPEM, keyPEM, 
 }
 
 // pebbleTransport is a keep-alive transport trusting Pebble's own serving
-// certificate.
-func pebbleTransport() (http.RoundTripper, error) {
-	base, ok := bed.PebbleClient().Transport.(*http.Transport)
+// certificate, made from pebble (the testbed's PebbleClient).
+func pebbleTransport(pebble *http.Client) (http.RoundTripper, error) {
+	base, ok := pebble.Transport.(*http.Transport)
 	if !ok {
 		return nil, errors.New("PebbleClient has no *http.Transport")
 	}
@@ -374,13 +374,14 @@ type caRoots struct {
 	pems [][]byte
 }
 
-// add fetches the CA's current root from its management interface and adds it.
-func (c *caRoots) add(ctx context.Context, management string) error {
+// add fetches the CA's current root from its management interface through
+// pebble (the testbed's PebbleClient) and adds it.
+func (c *caRoots) add(ctx context.Context, pebble *http.Client, management string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, management+"/roots/0", nil)
 	if err != nil {
 		return err
 	}
-	resp, err := bed.PebbleClient().Do(req)
+	resp, err := pebble.Do(req)
 	if err != nil {
 		return err
 	}
