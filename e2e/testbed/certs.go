@@ -6,6 +6,8 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"fmt"
+
+	"github.com/ingress-acme/ingress-acme/secrets"
 )
 
 // KeyTypeOf names the key type of a certificate's public key as the
@@ -18,4 +20,24 @@ func KeyTypeOf(c *x509.Certificate) string {
 		return fmt.Sprintf("rsa-%d", k.N.BitLen())
 	}
 	return fmt.Sprintf("%T", c.PublicKey)
+}
+
+// VerifyChainPEM parses chainPEM (a tls.crt: leaf first, then intermediates)
+// and verifies the leaf against roots (say, from PebbleRootPool) for every
+// host. It returns the leaf.
+func VerifyChainPEM(chainPEM []byte, roots *x509.CertPool, hosts ...string) (*x509.Certificate, error) {
+	certs, err := secrets.DecodeChain(chainPEM)
+	if err != nil {
+		return nil, err
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	for _, h := range hosts {
+		if _, err := certs[0].Verify(x509.VerifyOptions{DNSName: h, Roots: roots, Intermediates: inter}); err != nil {
+			return nil, fmt.Errorf("verify for %s: %w", h, err)
+		}
+	}
+	return certs[0], nil
 }

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ingress-acme/ingress-acme/core"
+	"github.com/ingress-acme/ingress-acme/e2e/testbed"
 	"github.com/ingress-acme/ingress-acme/secrets"
 )
 
@@ -41,7 +42,9 @@ func (b *bench) shortLived(ctx context.Context) error {
 	// A CA of its own: Pebble gives orders that name no profile a random one,
 	// so a short "shortlived" profile on the testbed's CA would shorten
 	// certificates of the other scenarios too.
-	ca, err := b.tb.ExtraPebbleShortLived(ctx, "shortlived", b.scale.shortValidity)
+	ca, err := b.tb.StartCA(ctx, "shortlived", testbed.CAOptions{
+		Profiles: map[string]time.Duration{"shortlived": b.scale.shortValidity},
+	})
 	if err != nil {
 		return err
 	}
@@ -107,7 +110,7 @@ func (b *bench) shortLived(ctx context.Context) error {
 	poll()
 	start := time.Now()
 	if leaf := firstLeaf(history); leaf != nil {
-		if ws, we, err := b.tb.RenewalWindow(ca.Directory, leaf); err == nil {
+		if ws, we, err := renewalWindow(b.tb, ca.Directory, leaf); err == nil {
 			b.say("  the CA's renewal window for a %s certificate: %s to %s after its notBefore", leaf.NotAfter.Sub(leaf.NotBefore).Round(time.Second), ws.Sub(leaf.NotBefore).Round(time.Second), we.Sub(leaf.NotBefore).Round(time.Second))
 		}
 	}

@@ -54,7 +54,7 @@ func (b *bench) restart(ctx context.Context) error {
 		hosts[i] = host(ns, name)
 	}
 
-	bi := b.tb.NewBatchIssuer(ca.Directory)
+	bi := newBatchIssuer(b.tb, ca.Directory)
 	bi.Accounts = b.scale.restartAccounts
 	bi.Progress = func(done, total int) { b.say("  %d/%d issued (load %s)", done, total, loadavg()) }
 	b.say("issuing %d certificates from a second Pebble with %d accounts over dns-01 (load %s)", n, bi.Accounts, loadavg())
@@ -103,14 +103,14 @@ func (b *bench) restart(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pebbleLog := b.tb.PebbleLog("pebble-restart")
+	restartLog := pebbleLogPath(b.tb, "pebble-restart")
 	var orders int
 	for run := 1; run <= 2; run++ {
 		what := "first start"
 		if run == 2 {
 			what = "restart"
 		}
-		pl := followPebble(pebbleLog)
+		pl := followPebble(restartLog)
 		window := b.scale.restartWindow
 		if run == 1 {
 			window = 0 // only until every certificate is judged

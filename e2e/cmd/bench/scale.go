@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -49,6 +50,14 @@ type pebbleRequest struct {
 type pebbleLog struct {
 	path   string
 	offset int64
+}
+
+// pebbleLogPath returns the path of the log of tb's Pebble named name: "pebble"
+// for the testbed's own, "pebble-<name>" for one started by ExtraPebble(name).
+// It logs every request it handles ("GET /path -> calling handler()") with a
+// timestamp to the second.
+func pebbleLogPath(tb *testbed.Testbed, name string) string {
+	return filepath.Join(tb.Dir, "logs", name+".log")
 }
 
 // followPebble starts counting at the current end of the log at path.
@@ -220,7 +229,7 @@ func (b *bench) thousandAtOnce(ctx context.Context) error {
 	}
 	defer web.Close()
 	defer b.stopController(c, ns)
-	pl := followPebble(b.tb.PebbleLog(testbed.Pebble))
+	pl := followPebble(pebbleLogPath(b.tb, testbed.Pebble))
 	batch := names("k", n)
 	b.say("%d Ingresses at once (load %s)", n, loadavg())
 	ictx, stall := b.watchStall(ctx, pl.path, 30*time.Second)
@@ -343,7 +352,7 @@ func (b *bench) killsDuringIssuance(ctx context.Context) error {
 	}
 	defer web.Close()
 	defer b.stopController(c, ns)
-	pl := followPebble(b.tb.PebbleLog(testbed.Pebble))
+	pl := followPebble(pebbleLogPath(b.tb, testbed.Pebble))
 	batch := names("kill", n)
 	b.say("%d Ingresses at once, the controller SIGKILLed %d times while they issue (load %s)", n, kills, loadavg())
 

@@ -1,4 +1,4 @@
-package testbed
+package main
 
 import (
 	"bytes"
@@ -15,56 +15,49 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	acmelib "github.com/eggsampler/acme/v3"
+
+	"github.com/ingress-acme/ingress-acme/e2e/testbed"
 )
 
-// IssuedCert is one certificate a BatchIssuer obtained from the CA.
-type IssuedCert struct {
+// issuedCert is one certificate a batchIssuer obtained from the CA.
+type issuedCert struct {
 	Host     string
 	ChainPEM []byte            // leaf first, as the CA sent it
 	Key      *ecdsa.PrivateKey // P-256, the controller's default key type
 	Leaf     *x509.Certificate
 }
 
-// BatchIssuer obtains real certificates from an ACME CA on the testbed (a
+// batchIssuer obtains real certificates from an ACME CA on the testbed (a
 // Pebble) outside the controller, to prepare a cluster that already holds
 // many valid certificates. It answers dns-01 challenges through
 // pebble-challtestsrv, the DNS server Pebble asks, so the CA really validates
 // every identifier; and it spreads orders over several accounts, because
 // Pebble slows down with thousands of orders on one account.
-type BatchIssuer struct {
+type batchIssuer struct {
 	Directory   string // the CA's ACME directory URL
 	Accounts    int    // orders are spread round-robin over this many accounts (default 8)
 	Concurrency int    // orders in flight (default 32)
 	// Progress, if set, is called now and then with the certificates done.
 	Progress func(done, total int)
 
-	tb *Testbed
+	tb *testbed.Testbed
 }
 
-// NewBatchIssuer returns a BatchIssuer for the CA at directory, one of the
-// testbed's Pebbles (PebbleDirectory or an ExtraPebble's).
-func (tb *Testbed) NewBatchIssuer(directory string) *BatchIssuer {
-	return &BatchIssuer{Directory: directory, Accounts: 8, Concurrency: 32, tb: tb}
-}
-
-// PebbleLog returns the path of the log of the Pebble named name: "pebble" for
-// the testbed's own, "pebble-<name>" for one started by ExtraPebble(name). It
-// logs every request it handles ("GET /path -> calling handler()") with a
-// timestamp to the second.
-func (tb *Testbed) PebbleLog(name string) string {
-	return filepath.Join(tb.Dir, "logs", name+".log")
+// newBatchIssuer returns a batchIssuer for the CA at directory, one of tb's
+// Pebbles (PebbleDirectory or an ExtraPebble's).
+func newBatchIssuer(tb *testbed.Testbed, directory string) *batchIssuer {
+	return &batchIssuer{Directory: directory, Accounts: 8, Concurrency: 32, tb: tb}
 }
 
 // Issue orders one certificate for each host (a single-name certificate with a
 // P-256 key, the profile named "default") and returns them in the order of hosts.
 // It stops at the first failure.
-func (bi *BatchIssuer) Issue(ctx context.Context, hosts []string) ([]IssuedCert, error) {
+func (bi *batchIssuer) Issue(ctx context.Context, hosts []string) ([]issuedCert, error) {
 	nAcct := max(1, bi.Accounts)
 	conc := max(1, bi.Concurrency)
 	ca, err := os.ReadFile(bi.tb.PebbleCAFile)
@@ -102,7 +95,7 @@ func (bi *BatchIssuer) Issue(ctx context.Context, hosts []string) ([]IssuedCert,
 		}
 	}
 
-	out := make([]IssuedCert, len(hosts))
+	out := make([]issuedCert, len(hosts))
 	var next, done atomic.Int64
 	var firstErr error
 	var once sync.Once
@@ -140,81 +133,81 @@ func (bi *BatchIssuer) Issue(ctx context.Context, hosts []string) ([]IssuedCert,
 
 // issueOne runs one order through: new order, dns-01 TXT record, challenge,
 // finalize with a fresh P-256 key, download.
-func (bi *BatchIssuer) issueOne(ctx context.Context, client acmelib.Client, acct acmelib.Account, host string) (IssuedCert, error) {
+func (bi *batchIssuer) issueOne(ctx context.Context, client acmelib.Client, acct acmelib.Account, host string) (issuedCert, error) {
 	// Pebble gives an order that names no profile a random one of those it
 	// offers: name the default so every certificate has the default validity.
 	order, err := client.NewOrderExtension(acct, []acmelib.Identifier{{Type: "dns", Value: host}}, acmelib.OrderExtension{Profile: "default"})
 	if err != nil {
-		return IssuedCert{}, fmt.Errorf("new order: %w", err)
+		return issuedCert{}, fmt.Errorf("new order: %w", err)
 	}
 	for _, authURL := range order.Authorizations {
 		authz, err := client.FetchAuthorization(acct, authURL)
 		if err != nil {
-			return IssuedCert{}, fmt.Errorf("authorization: %w", err)
+			return issuedCert{}, fmt.Errorf("authorization: %w", err)
 		}
 		if authz.Status == "valid" {
 			continue
 		}
 		chal, ok := authz.ChallengeMap[acmelib.ChallengeTypeDNS01]
 		if !ok {
-			return IssuedCert{}, errors.New("the CA offers no dns-01 challenge")
+			return issuedCert{}, errors.New("the CA offers no dns-01 challenge")
 		}
-		if err := bi.tb.SetTXT(ctx, "_acme-challenge."+host+".", acmelib.EncodeDNS01KeyAuthorization(chal.KeyAuthorization)); err != nil {
-			return IssuedCert{}, err
+		if err := setTXT(ctx, bi.tb, "_acme-challenge."+host+".", acmelib.EncodeDNS01KeyAuthorization(chal.KeyAuthorization)); err != nil {
+			return issuedCert{}, err
 		}
 		if _, err := client.UpdateChallenge(acct, chal); err != nil {
-			return IssuedCert{}, fmt.Errorf("challenge: %w", err)
+			return issuedCert{}, fmt.Errorf("challenge: %w", err)
 		}
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return IssuedCert{}, err
+		return issuedCert{}, err
 	}
 	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: []string{host}}, key)
 	if err != nil {
-		return IssuedCert{}, err
+		return issuedCert{}, err
 	}
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
-		return IssuedCert{}, err
+		return issuedCert{}, err
 	}
 	if order, err = client.FinalizeOrder(acct, order, csr); err != nil {
-		return IssuedCert{}, fmt.Errorf("finalize: %w", err)
+		return issuedCert{}, fmt.Errorf("finalize: %w", err)
 	}
 	// The client does not poll when told to ignore Retry-After: poll here.
 	for deadline := time.Now().Add(2 * time.Minute); order.Status != "valid"; {
 		if order.Status == "invalid" {
-			return IssuedCert{}, errors.New("the order became invalid")
+			return issuedCert{}, errors.New("the order became invalid")
 		}
 		if time.Now().After(deadline) {
-			return IssuedCert{}, fmt.Errorf("order still %s after 2 minutes", order.Status)
+			return issuedCert{}, fmt.Errorf("order still %s after 2 minutes", order.Status)
 		}
 		select {
 		case <-ctx.Done():
-			return IssuedCert{}, ctx.Err()
+			return issuedCert{}, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if order, err = client.FetchOrder(acct, order.URL); err != nil {
-			return IssuedCert{}, fmt.Errorf("order: %w", err)
+			return issuedCert{}, fmt.Errorf("order: %w", err)
 		}
 	}
 	certs, err := client.FetchCertificates(acct, order.Certificate)
 	if err != nil {
-		return IssuedCert{}, fmt.Errorf("download: %w", err)
+		return issuedCert{}, fmt.Errorf("download: %w", err)
 	}
 	if len(certs) == 0 {
-		return IssuedCert{}, errors.New("the CA sent no certificate")
+		return issuedCert{}, errors.New("the CA sent no certificate")
 	}
 	var chain bytes.Buffer
 	for _, c := range certs {
 		_ = pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
-	return IssuedCert{Host: host, ChainPEM: chain.Bytes(), Key: key, Leaf: certs[0]}, nil
+	return issuedCert{Host: host, ChainPEM: chain.Bytes(), Key: key, Leaf: certs[0]}, nil
 }
 
-// SetTXT makes pebble-challtestsrv answer TXT queries for fqdn (with the
+// setTXT makes tb's pebble-challtestsrv answer TXT queries for fqdn (with the
 // trailing dot) with value.
-func (tb *Testbed) SetTXT(ctx context.Context, fqdn, value string) error {
+func setTXT(ctx context.Context, tb *testbed.Testbed, fqdn, value string) error {
 	body, _ := json.Marshal(map[string]string{"host": fqdn, "value": value})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tb.ChallTestSrvManagement+"/set-txt", bytes.NewReader(body))
 	if err != nil {
@@ -232,9 +225,9 @@ func (tb *Testbed) SetTXT(ctx context.Context, fqdn, value string) error {
 	return nil
 }
 
-// RenewalWindow asks the CA at directory (a Pebble of the testbed) for its
-// suggested renewal window for cert (ACME Renewal Information).
-func (tb *Testbed) RenewalWindow(directory string, cert *x509.Certificate) (start, end time.Time, err error) {
+// renewalWindow asks the CA at directory (a Pebble of tb) for its suggested
+// renewal window for cert (ACME Renewal Information).
+func renewalWindow(tb *testbed.Testbed, directory string, cert *x509.Certificate) (start, end time.Time, err error) {
 	client, err := acmelib.NewClient(directory, acmelib.WithHTTPClient(tb.PebbleClient()))
 	if err != nil {
 		return start, end, err
@@ -244,14 +237,4 @@ func (tb *Testbed) RenewalWindow(directory string, cert *x509.Certificate) (star
 		return start, end, err
 	}
 	return ri.SuggestedWindow.Start, ri.SuggestedWindow.End, nil
-}
-
-// ExtraPebbleShortLived is ExtraPebble (no extra environment, no External
-// Account Binding) whose "shortlived" profile issues certificates valid for
-// short, whatever Options.ShortLivedValidity says; other Pebbles keep theirs.
-func (tb *Testbed) ExtraPebbleShortLived(ctx context.Context, name string, short time.Duration) (*ExtraCA, error) {
-	saved := tb.opts.ShortLivedValidity
-	tb.opts.ShortLivedValidity = short
-	defer func() { tb.opts.ShortLivedValidity = saved }()
-	return tb.ExtraPebble(ctx, name, nil, nil)
 }
