@@ -1,14 +1,15 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"net/http"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
-
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ingress-acme/ingress-acme/e2e/testbed"
 )
@@ -132,18 +133,38 @@ func (c *controller) metric(name string, labels ...string) (float64, bool) {
 	return c.Metric(name, labels...)
 }
 
-// events lists the Events in ns about the object name, with reason (all when "").
-func events(t *testing.T, ns, name, reason string) []corev1.Event {
-	t.Helper()
-	list, err := bed.Client().CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
+// scrape returns the samples of metric family name on the controller's
+// /metrics whose labels include every key=value in labels, as label text ->
+// value (nil when /metrics cannot be read).
+func scrape(c *controller, name string, labels ...string) map[string]float64 {
+	resp, err := http.Get("http://" + c.MetricsAddr + "/metrics")
 	if err != nil {
-		t.Fatal(err)
+		return nil
 	}
-	var out []corev1.Event
-	for _, e := range list.Items {
-		if e.InvolvedObject.Name == name && (reason == "" || e.Reason == reason) {
-			out = append(out, e)
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !testbed.MetricLine(line, name, labels...) {
+			continue
 		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		out[strings.TrimPrefix(line[:i], name)] = v
 	}
 	return out
+}
+
+// metricSum adds up the samples scrape returns.
+func metricSum(c *controller, name string, labels ...string) float64 {
+	s := 0.0
+	for _, v := range scrape(c, name, labels...) {
+		s += v
+	}
+	return s
 }

@@ -112,6 +112,22 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
+// consistently checks cond every 50 ms for d and fails the test the first time
+// it does not hold. It is for asserting that something does not happen.
+func consistently(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if ok, msg := cond(); !ok {
+			t.Fatalf("%s: stopped holding: %s", what, msg)
+		}
+		if time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // getSecret returns the Secret, nil when it does not exist.
 func getSecret(t *testing.T, ns, name string) *corev1.Secret {
 	t.Helper()
@@ -282,4 +298,32 @@ func deployPath(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return filepath.Join(root, "deploy", name)
+}
+
+// challengePaths lists the challenge paths in ing's rules as "host path".
+func challengePaths(ing *networkingv1.Ingress) []string {
+	var out []string
+	for _, r := range ing.Spec.Rules {
+		if r.HTTP == nil {
+			continue
+		}
+		for _, p := range r.HTTP.Paths {
+			if strings.HasPrefix(p.Path, challengePrefix) {
+				out = append(out, r.Host+" "+p.Path)
+			}
+		}
+	}
+	return out
+}
+
+// patched reports what of ours is left in ing: the journal and challenge paths.
+func patched(ing *networkingv1.Ingress) string {
+	var parts []string
+	if v, ok := ing.Annotations[journalAnnotation]; ok {
+		parts = append(parts, "journal "+v)
+	}
+	if p := challengePaths(ing); len(p) > 0 {
+		parts = append(parts, "paths "+strings.Join(p, ", "))
+	}
+	return strings.Join(parts, "; ")
 }

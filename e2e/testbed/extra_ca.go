@@ -8,11 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 )
 
@@ -94,6 +92,25 @@ func (ca *ExtraCA) Stop() {
 	}
 }
 
+// Restart stops this Pebble (if it runs) and starts it again on the same
+// addresses and configuration, waiting until it serves. Like the testbed's own
+// Pebble after StartProcess, it comes back with new roots and no state: every
+// account, order and authorization it held is gone.
+func (ca *ExtraCA) Restart(ctx context.Context) error {
+	ca.Stop()
+	ca.tb.mu.Lock()
+	p := ca.tb.procs[ca.name]
+	ca.tb.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("testbed: %s is not known", ca.name)
+	}
+	if err := ca.tb.run(ctx, p); err != nil {
+		ca.Stop()
+		return fmt.Errorf("testbed: restart %s: %w\n%s", ca.name, err, p.tail(30))
+	}
+	return nil
+}
+
 // RootPool returns a pool with this Pebble's current root.
 func (ca *ExtraCA) RootPool(ctx context.Context) (*x509.CertPool, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ca.Management+"/roots/0", nil)
@@ -116,123 +133,52 @@ func (ca *ExtraCA) RootPool(ctx context.Context) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// AddDNS makes pebble-challtestsrv answer host with the IPv4 address addr
-// instead of 127.0.0.1 (a loopback address where nothing listens, say, makes
-// the CA's validation of host fail).
-func (tb *Testbed) AddDNS(ctx context.Context, host, addr string) error {
-	body, _ := json.Marshal(map[string]any{"host": host, "addresses": []string{addr}})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tb.ChallTestSrvManagement+"/add-a", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("testbed: add-a %s: %w", host, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("testbed: add-a %s: %s: %s", host, resp.Status, b)
-	}
-	return nil
+// CAOptions configure StartCA.
+type CAOptions struct {
+	// Env is added to PEBBLE_VA_NOSLEEP=1 (PEBBLE_VA_ALWAYS_VALID is refused).
+	Env []string
+	// Profiles sets the validity of Pebble's profiles by name, replacing the
+	// testbed's ("default", "shortlived") or adding new ones.
+	Profiles map[string]time.Duration
+	// HTTPPort is where Pebble sends its HTTP-01 validation requests, on the
+	// address the host resolves to (127.0.0.1); 0 means Traefik's web
+	// entrypoint.
+	HTTPPort int
 }
 
-// Proxy forwards TCP connections from Addr to a target, and can cut them off
-// and let them through again, to make a server unreachable for a while.
-type Proxy struct {
-	Addr   string
-	target string
-
-	// mu guards ln, conns and closed.
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  map[net.Conn]bool
-	closed bool
+// StartCA starts Pebble "pebble-<name>" configured as the testbed's own but
+// for opts, and waits until it serves. It is stopped by Stop on it, or with
+// the testbed. Its Directory and Management verify with PebbleCAFile, and the
+// certificates it issues with its RootPool.
+func (tb *Testbed) StartCA(ctx context.Context, name string, opts CAOptions) (*ExtraCA, error) {
+	ca, err := tb.startPebble(ctx, name, opts.Env, func(port, mgmt int) ([]byte, error) { return tb.caConfig(port, mgmt, opts) })
+	if err == nil {
+		tb.logf("testbed: %s sends http-01 to port %d, profiles %v", ca.name, opts.HTTPPort, opts.Profiles)
+	}
+	return ca, err
 }
 
-// NewProxy starts a Proxy on a free loopback port forwarding to target.
-func NewProxy(target string) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// caConfig is the testbed's Pebble configuration on port and mgmt, changed as
+// opts says.
+func (tb *Testbed) caConfig(port, mgmt int, opts CAOptions) ([]byte, error) {
+	base, err := tb.pebbleJSONFor(port, mgmt, nil)
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{Addr: ln.Addr().String(), target: target, conns: map[net.Conn]bool{}}
-	p.serve(ln)
-	return p, nil
-}
-
-func (p *Proxy) serve(ln net.Listener) {
-	p.ln = ln
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.forward(c)
+	var cfg map[string]map[string]any
+	if err := json.Unmarshal(base, &cfg); err != nil {
+		return nil, err
+	}
+	pc := cfg["pebble"]
+	if opts.HTTPPort != 0 {
+		pc["httpPort"] = opts.HTTPPort
+	}
+	profiles, _ := pc["profiles"].(map[string]any)
+	for p, validity := range opts.Profiles {
+		if validity < time.Second {
+			return nil, fmt.Errorf("testbed: profile %s: validity %s is under a second", p, validity)
 		}
-	}()
-}
-
-func (p *Proxy) forward(c net.Conn) {
-	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil {
-		c.Close()
-		return
+		profiles[p] = map[string]any{"description": "profile " + p, "validityPeriod": int64(validity / time.Second)}
 	}
-	p.mu.Lock()
-	if p.ln == nil {
-		p.mu.Unlock()
-		c.Close()
-		up.Close()
-		return
-	}
-	p.conns[c], p.conns[up] = true, true
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-	<-done
-	c.Close()
-	up.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, up)
-	p.mu.Unlock()
-}
-
-// Cut refuses new connections and closes the open ones.
-func (p *Proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-// Restore accepts connections again on the same address.
-func (p *Proxy) Restore() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil || p.closed {
-		return nil
-	}
-	ln, err := net.Listen("tcp", p.Addr)
-	if err != nil {
-		return err
-	}
-	p.serve(ln)
-	return nil
-}
-
-// Close cuts the proxy for good.
-func (p *Proxy) Close() {
-	p.Cut()
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
+	return json.MarshalIndent(cfg, "", "  ")
 }

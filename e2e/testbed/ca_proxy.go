@@ -3,7 +3,6 @@ package testbed
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,56 +13,6 @@ import (
 	"sync"
 	"time"
 )
-
-// CAOptions configure StartCA.
-type CAOptions struct {
-	// Env is added to PEBBLE_VA_NOSLEEP=1 (PEBBLE_VA_ALWAYS_VALID is refused).
-	Env []string
-	// Profiles sets the validity of Pebble's profiles by name, replacing the
-	// testbed's ("default", "shortlived") or adding new ones.
-	Profiles map[string]time.Duration
-	// HTTPPort is where Pebble sends its HTTP-01 validation requests, on the
-	// address the host resolves to (127.0.0.1); 0 means Traefik's web
-	// entrypoint.
-	HTTPPort int
-}
-
-// StartCA starts Pebble "pebble-<name>" configured as the testbed's own but
-// for opts, and waits until it serves. It is stopped by Stop on it, or with
-// the testbed. Its Directory and Management verify with PebbleCAFile, and the
-// certificates it issues with its RootPool.
-func (tb *Testbed) StartCA(ctx context.Context, name string, opts CAOptions) (*ExtraCA, error) {
-	ca, err := tb.startPebble(ctx, name, opts.Env, func(port, mgmt int) ([]byte, error) { return tb.caConfig(port, mgmt, opts) })
-	if err == nil {
-		tb.logf("testbed: %s sends http-01 to port %d, profiles %v", ca.name, opts.HTTPPort, opts.Profiles)
-	}
-	return ca, err
-}
-
-// caConfig is the testbed's Pebble configuration on port and mgmt, changed as
-// opts says.
-func (tb *Testbed) caConfig(port, mgmt int, opts CAOptions) ([]byte, error) {
-	base, err := tb.pebbleJSONFor(port, mgmt, nil)
-	if err != nil {
-		return nil, err
-	}
-	var cfg map[string]map[string]any
-	if err := json.Unmarshal(base, &cfg); err != nil {
-		return nil, err
-	}
-	pc := cfg["pebble"]
-	if opts.HTTPPort != 0 {
-		pc["httpPort"] = opts.HTTPPort
-	}
-	profiles, _ := pc["profiles"].(map[string]any)
-	for p, validity := range opts.Profiles {
-		if validity < time.Second {
-			return nil, fmt.Errorf("testbed: profile %s: validity %s is under a second", p, validity)
-		}
-		profiles[p] = map[string]any{"description": "profile " + p, "validityPeriod": int64(validity / time.Second)}
-	}
-	return json.MarshalIndent(cfg, "", "  ")
-}
 
 // CARequest is one request a CAProxy passed on.
 type CARequest struct {
