@@ -229,7 +229,14 @@ func (tb *Testbed) allocate(name string) error {
 		}
 		tb.IngressHTTP, tb.IngressHTTPS = hostPort(tb.webPort), hostPort(tb.websecurePort)
 		tb.TraefikPing = "http://" + hostPort(tb.traefikPort) + "/ping"
-		return os.WriteFile(tb.traefikConfig, []byte(tb.traefikYAML()), 0o644)
+		cfg, err := traefikOptions{
+			Web: tb.IngressHTTP, WebSecure: tb.IngressHTTPS, Ping: hostPort(tb.traefikPort), API: true,
+			APIServer: tb.APIServerURL, Token: tb.traefikToken, CAFile: tb.APIServerCAFile,
+		}.yaml()
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(tb.traefikConfig, cfg, 0o644)
 	case Pebble:
 		if err := freePorts(&tb.pebblePort, &tb.pebbleMgmtPort); err != nil {
 			return err
@@ -243,40 +250,6 @@ func (tb *Testbed) allocate(name string) error {
 		return os.WriteFile(tb.pebbleConfig, b, 0o644)
 	}
 	return fmt.Errorf("testbed: unknown component %q", name)
-}
-
-// traefikYAML is Traefik's static configuration: loopback entrypoints, TLS on
-// every router of websecure (else spec.tls only loads certificates), no
-// throttling so Ingress changes are live in milliseconds.
-func (tb *Testbed) traefikYAML() string {
-	return fmt.Sprintf(`global:
-  checkNewVersion: false
-  sendAnonymousUsage: false
-log:
-  level: INFO
-  noColor: true
-entryPoints:
-  web:
-    address: %q
-  websecure:
-    address: %q
-    http:
-      tls: {}
-  traefik:
-    address: %q
-ping:
-  entryPoint: traefik
-api:
-  insecure: true
-  dashboard: false # the web UI assets are not in the module
-providers:
-  providersThrottleDuration: 0s
-  kubernetesIngress:
-    endpoint: %q
-    token: %q
-    certAuthFilePath: %q
-    throttleDuration: 0s
-`, tb.IngressHTTP, tb.IngressHTTPS, hostPort(tb.traefikPort), tb.APIServerURL, tb.traefikToken, tb.APIServerCAFile)
 }
 
 // pebbleJSON is Pebble's configuration: loopback listeners, challenges sent to

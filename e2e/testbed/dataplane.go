@@ -361,54 +361,21 @@ func (tb *Testbed) startTraefikPlanes(ctx context.Context) (*DataPlane, error) {
 	}
 	dir := filepath.Join(tb.Dir, "conf", "dataplanes")
 	dynamic := filepath.Join(dir, "traefik-dynamic.yml")
-	if err := os.WriteFile(dynamic, []byte(`http:
-  middlewares:
-    redirect-to-https:
-      redirectScheme:
-        scheme: https
-        permanent: true
-`), 0o644); err != nil {
+	if err := os.WriteFile(dynamic, []byte(traefikDynamic), 0o644); err != nil {
 		return nil, err
 	}
 	id := tb.dataPlanes.identity
-	static := fmt.Sprintf(`global:
-  checkNewVersion: false
-  sendAnonymousUsage: false
-log:
-  level: INFO
-  noColor: true
-entryPoints:
-  web:
-    address: %q
-  websecure:
-    address: %q
-    http:
-      tls: {}
-  traefik:
-    address: %q
-ping:
-  entryPoint: traefik
-providers:
-  providersThrottleDuration: 0s
-  kubernetesIngress:
-    endpoint: %[4]q
-    token: %[5]q
-    certAuthFilePath: %[6]q
-    throttleDuration: 0s
-    ingressClass: %[7]q
-  kubernetesIngressNGINX:
-    endpoint: %[4]q
-    token: %[5]q
-    certAuthFilePath: %[6]q
-    throttleDuration: 0s
-    ingressClass: %[8]q
-    controllerClass: %[9]q
-  file:
-    filename: %[10]q
-`, plain.HTTP, plain.HTTPS, hostPort(pingPort), tb.APIServerURL, id.token, tb.APIServerCAFile,
-		plain.Class, nginx.Class, nginx.Controller, dynamic)
+	static, err := traefikOptions{
+		Web: plain.HTTP, WebSecure: plain.HTTPS, Ping: hostPort(pingPort),
+		APIServer: tb.APIServerURL, Token: id.token, CAFile: tb.APIServerCAFile,
+		IngressClass: plain.Class, NGINXClass: nginx.Class, NGINXController: nginx.Controller,
+		DynamicFile: dynamic,
+	}.yaml()
+	if err != nil {
+		return nil, err
+	}
 	config := filepath.Join(dir, "traefik.yml")
-	if err := os.WriteFile(config, []byte(static), 0o644); err != nil {
+	if err := os.WriteFile(config, static, 0o644); err != nil {
 		return nil, err
 	}
 	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
