@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -176,55 +177,8 @@ func TestFailoverMidChallenge(t *testing.T) {
 	t.Parallel()
 	ns := newNamespace(t)
 	startBackend(t, ns, "web")
-	cs := quietClient(t)
-
-	// The CA's validation requests go through the gate to Traefik.
-	gate, err := testbed.NewGate(bed.IngressHTTP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gate.Close)
-	ca, roots := startCA(t, ns, testbed.CAOptions{HTTPPort: gate.Port()})
-	proxy := newCAProxy(t, ca.Directory)
-
-	free, err := testbed.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, p, _ := net.SplitHostPort(free)
-	port, _ := strconv.Atoi(p)
-	const addrA, addrB = "127.0.0.2", "127.0.0.3"
-	createPeers(t, cs, ns, port, addrA, addrB)
-
-	replica := func(addr, id string, extra ...string) *controller {
-		return newController(t, ns, append([]string{
-			"--acme-directory", proxy.Directory,
-			"--challenge-addr", net.JoinHostPort(addr, p),
-			"--solver-address", addr,
-			"--solver-peers-service", peersService,
-			"--leader-election-id", id,
-		}, extra...)...)
-	}
-	a := replica(addrA, "replica-a", "--crash-at", "validating")
-	b := replica(addrB, "replica-b")
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("replica A's process ran from %s, replica B's from %s; the controller logs below are B's, then A's", a.Dir, b.Dir)
-		}
-	})
-
-	a.start()
-	waitFor(t, 20*time.Second, "replica A to lead", func() (bool, string) {
-		return a.count("leading") == 1, "not leading yet"
-	})
-	lease, err := bed.Client().CoordinationV1().Leases(ns).Get(context.Background(), "ingress-acme", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if holder := lease.Spec.HolderIdentity; holder == nil || *holder != "replica-a" {
-		t.Fatalf("Lease holder: got %v, want replica-a", holder)
-	}
-	b.start()
+	r := newFailoverReplicas(t, ns)
+	r.startALeading(t)
 
 	h := host(ns, "failover")
 	const secret = "failover-tls"
@@ -232,16 +186,131 @@ func TestFailoverMidChallenge(t *testing.T) {
 	ing.Spec.TLS = []networkingv1.IngressTLS{{Hosts: []string{h}, SecretName: secret}}
 	created := createIngress(t, ing)
 
-	if code := a.Wait(60 * time.Second); code != -1 || a.Running() {
-		t.Fatalf("replica A did not die at validating (exit %d, running %v)", code, a.Running())
+	died := r.waitACrashedValidating(t)
+	entry := journalled(t, ns, "failover", h, secret)
+	path := challengePrefix + entry.Token
+	r.checkFollowerAnswers(t, path, h, entry.KeyAuth)
+
+	// The solver EndpointSlice lists both replicas, until Kubernetes marks A
+	// not ready: then B rewrites it to list itself only.
+	waitSolverEndpoints(t, ns, r.port, []string{r.addrA, r.addrB}, 2*time.Second)
+	peerDied(t, r.cs, ns, r.addrA)
+	waitSolverEndpoints(t, ns, r.port, []string{r.addrB}, 5*time.Second)
+
+	waitTraefikAnswers(t, path, h, entry.KeyAuth)
+	opened := r.openGateOnHeldValidation(t, died)
+
+	// B takes over, resumes A's order and issues the certificate.
+	waitFor(t, 60*time.Second, "replica B to lead", func() (bool, string) {
+		return r.b.count("leading") == 1, "not leading yet"
+	})
+	led := time.Since(opened)
+	waitCertificateFrom(t, r.roots, ns, secret, time.Until(opened.Add(60*time.Second)), h)
+	waitRestored(t, created)
+	if got, want := tlsNames(getIngress(t, ns, "failover")), []string{secret + ":" + h}; !slices.Equal(got, want) {
+		t.Errorf("spec.tls: got %v, want %v", got, want)
+	}
+	waitServedFrom(t, r.roots, h, 10*time.Second)
+	t.Logf("B led %.1f s after the gate opened; certificate issued and served %.1f s after", led.Seconds(), time.Since(opened).Seconds())
+	r.checkOneOrderResumed(t, entry.Order)
+}
+
+// failoverReplicas is TestFailoverMidChallenge's cluster: a CA of the test's
+// own whose validation requests go through a gate to Traefik, a proxy
+// counting what the CA is asked, and replicas A (which crashes once it told
+// the CA to validate) and B, whose challenge servers listen on the same port
+// of their own loopback addresses, both listed in the peers' EndpointSlice.
+type failoverReplicas struct {
+	ns           string
+	cs           kubernetes.Interface
+	gate         *testbed.Gate
+	roots        *x509.CertPool
+	proxy        *testbed.CAProxy
+	addrA, addrB string
+	port         int
+	portText     string
+	a, b         *controller
+}
+
+func newFailoverReplicas(t *testing.T, ns string) *failoverReplicas {
+	t.Helper()
+	r := &failoverReplicas{ns: ns, cs: quietClient(t), addrA: "127.0.0.2", addrB: "127.0.0.3"}
+
+	// The CA's validation requests go through the gate to Traefik.
+	gate, err := testbed.NewGate(bed.IngressHTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gate.Close)
+	r.gate = gate
+	ca, roots := startCA(t, ns, testbed.CAOptions{HTTPPort: gate.Port()})
+	r.roots = roots
+	r.proxy = newCAProxy(t, ca.Directory)
+
+	free, err := testbed.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, r.portText, _ = net.SplitHostPort(free)
+	r.port, _ = strconv.Atoi(r.portText)
+	createPeers(t, r.cs, ns, r.port, r.addrA, r.addrB)
+
+	replica := func(addr, id string, extra ...string) *controller {
+		return newController(t, ns, append([]string{
+			"--acme-directory", r.proxy.Directory,
+			"--challenge-addr", net.JoinHostPort(addr, r.portText),
+			"--solver-address", addr,
+			"--solver-peers-service", peersService,
+			"--leader-election-id", id,
+		}, extra...)...)
+	}
+	r.a = replica(r.addrA, "replica-a", "--crash-at", "validating")
+	r.b = replica(r.addrB, "replica-b")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("replica A's process ran from %s, replica B's from %s; the controller logs below are B's, then A's", r.a.Dir, r.b.Dir)
+		}
+	})
+	return r
+}
+
+// startALeading starts A, waits until it holds the Lease, then starts B.
+func (r *failoverReplicas) startALeading(t *testing.T) {
+	t.Helper()
+	r.a.start()
+	waitFor(t, 20*time.Second, "replica A to lead", func() (bool, string) {
+		return r.a.count("leading") == 1, "not leading yet"
+	})
+	lease, err := bed.Client().CoordinationV1().Leases(r.ns).Get(context.Background(), "ingress-acme", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if holder := lease.Spec.HolderIdentity; holder == nil || *holder != "replica-a" {
+		t.Fatalf("Lease holder: got %v, want replica-a", holder)
+	}
+	r.b.start()
+}
+
+// waitACrashedValidating waits for A to die at its fault point "validating"
+// and returns when it was seen dead.
+func (r *failoverReplicas) waitACrashedValidating(t *testing.T) time.Time {
+	t.Helper()
+	if code := r.a.Wait(60 * time.Second); code != -1 || r.a.Running() {
+		t.Fatalf("replica A did not die at validating (exit %d, running %v)", code, r.a.Running())
 	}
 	died := time.Now()
-	if a.count("crash-at fault point", "point", "validating") != 1 {
+	if r.a.count("crash-at fault point", "point", "validating") != 1 {
 		t.Fatal("replica A logged no crash at validating")
 	}
+	return died
+}
 
-	// What A journalled: one entry, with its key authorization and order.
-	raw := getIngress(t, ns, "failover").Annotations[journalAnnotation]
+// journalled returns the one entry of the journal on Ingress ns/name, which
+// must be for host h and Secret secret, with a token, an order and the
+// token's key authorization.
+func journalled(t *testing.T, ns, name, h, secret string) journalEntry {
+	t.Helper()
+	raw := getIngress(t, ns, name).Annotations[journalAnnotation]
 	var journal []journalEntry
 	if err := json.Unmarshal([]byte(raw), &journal); err != nil {
 		t.Fatalf("journal %q: %v", raw, err)
@@ -253,36 +322,39 @@ func TestFailoverMidChallenge(t *testing.T) {
 	if entry.Host != h || entry.Secret != secret || entry.Token == "" || entry.Order == "" || !strings.HasPrefix(entry.KeyAuth, entry.Token+".") {
 		t.Fatalf("journal entry: want host %s, Secret %s, a token, an order and the token's key authorization; got %s", h, secret, raw)
 	}
-	path := challengePrefix + entry.Token
+	return entry
+}
 
-	// B, a follower, answers the token from its own challenge server.
+// checkFollowerAnswers checks that B, a follower, answers the challenge path
+// for host h with keyAuth from its own challenge server.
+func (r *failoverReplicas) checkFollowerAnswers(t *testing.T, path, h, keyAuth string) {
+	t.Helper()
 	direct := &http.Client{Timeout: 2 * time.Second}
 	last := ""
 	if !waitUntil(2*time.Second, func() bool {
-		code, body, err := getChallenge(direct, "http://"+net.JoinHostPort(addrB, p)+path, h)
+		code, body, err := getChallenge(direct, "http://"+net.JoinHostPort(r.addrB, r.portText)+path, h)
 		last = fmt.Sprintf("status %d, body %q, err %v", code, body, err)
-		return err == nil && code == http.StatusOK && body == entry.KeyAuth
+		return err == nil && code == http.StatusOK && body == keyAuth
 	}) {
-		t.Fatalf("replica B (follower) at %s:%s: want 200 with the journalled key authorization %q, got %s", addrB, p, entry.KeyAuth, last)
+		t.Fatalf("replica B (follower) at %s:%s: want 200 with the journalled key authorization %q, got %s", r.addrB, r.portText, keyAuth, last)
 	}
-	if n := b.count("leading"); n != 0 {
+	if n := r.b.count("leading"); n != 0 {
 		t.Fatalf("replica B led %d times before A's Lease could expire", n)
 	}
+}
 
-	// The solver EndpointSlice lists both replicas, until Kubernetes marks A
-	// not ready: then B rewrites it to list itself only.
-	waitSolverEndpoints(t, ns, port, []string{addrA, addrB}, 2*time.Second)
-	peerDied(t, cs, ns, addrA)
-	waitSolverEndpoints(t, ns, port, []string{addrB}, 5*time.Second)
-
-	// Through Traefik the challenge answers, 5 times in a row (Traefik no
-	// longer sends any request to A).
+// waitTraefikAnswers waits until the challenge path for host h answers
+// keyAuth through Traefik 5 times in a row (Traefik no longer sends any
+// request to A).
+func waitTraefikAnswers(t *testing.T, path, h, keyAuth string) {
+	t.Helper()
 	viaTraefik := bed.HTTPClient(h)
 	viaTraefik.Timeout = 2 * time.Second
 	streak := 0
+	last := ""
 	if !waitUntil(6*time.Second, func() bool {
 		code, body, err := getChallenge(viaTraefik, "http://"+h+path, h)
-		if err == nil && code == http.StatusOK && body == entry.KeyAuth {
+		if err == nil && code == http.StatusOK && body == keyAuth {
 			streak++
 		} else {
 			streak = 0
@@ -292,47 +364,43 @@ func TestFailoverMidChallenge(t *testing.T) {
 	}) {
 		t.Fatalf("%s through Traefik: not 5 answers in a row with the key authorization; last failure: %s", path, last)
 	}
+}
 
-	// The CA's validation was under way while A died: its requests wait at the
-	// gate (Pebble gives each 15 s).
-	if !waitUntil(2*time.Second, func() bool { return gate.Accepted() > 0 }) {
+// openGateOnHeldValidation checks that the CA's validation was under way
+// while A died (its requests wait at the gate; Pebble gives each 15 s) and
+// that B still does not lead, then opens the gate and returns when.
+func (r *failoverReplicas) openGateOnHeldValidation(t *testing.T, died time.Time) time.Time {
+	t.Helper()
+	if !waitUntil(2*time.Second, func() bool { return r.gate.Accepted() > 0 }) {
 		t.Fatal("the CA sent no validation request to the gate")
 	}
-	if n := b.count("leading"); n != 0 {
+	if n := r.b.count("leading"); n != 0 {
 		t.Fatalf("replica B led before the gate opened (%.1f s after A died): the CA's requests would not test a follower", time.Since(died).Seconds())
 	}
-	held := gate.Accepted()
+	held := r.gate.Accepted()
 	t.Logf("%.2f s after A died: B serves the token, the solver slice lists B only, Traefik answers; opening the gate on %d held connections",
 		time.Since(died).Seconds(), held)
-	gate.Open()
-	opened := time.Now()
+	r.gate.Open()
+	return time.Now()
+}
 
-	// B takes over, resumes A's order and issues the certificate.
-	waitFor(t, 60*time.Second, "replica B to lead", func() (bool, string) {
-		return b.count("leading") == 1, "not leading yet"
-	})
-	led := time.Since(opened)
-	waitCertificateFrom(t, roots, ns, secret, time.Until(opened.Add(60*time.Second)), h)
-	waitRestored(t, created)
-	if got, want := tlsNames(getIngress(t, ns, "failover")), []string{secret + ":" + h}; !slices.Equal(got, want) {
-		t.Errorf("spec.tls: got %v, want %v", got, want)
+// checkOneOrderResumed checks that the CA created one order, A's, which B
+// resumed, and that the CA validated through the gate.
+func (r *failoverReplicas) checkOneOrderResumed(t *testing.T, order string) {
+	t.Helper()
+	if n := r.proxy.Orders(); n != 1 {
+		t.Errorf("orders the CA created: got %d, want 1 (B resumes A's order)\n%s", n, r.proxy.Summary())
 	}
-	waitServedFrom(t, roots, h, 10*time.Second)
-	t.Logf("B led %.1f s after the gate opened; certificate issued and served %.1f s after", led.Seconds(), time.Since(opened).Seconds())
-
-	if n := proxy.Orders(); n != 1 {
-		t.Errorf("orders the CA created: got %d, want 1 (B resumes A's order)\n%s", n, proxy.Summary())
-	}
-	if n := a.orders(); n != 1 {
+	if n := r.a.orders(); n != 1 {
 		t.Errorf("orders created by A: got %d, want 1", n)
 	}
-	if n := b.orders(); n != 0 {
+	if n := r.b.orders(); n != 0 {
 		t.Errorf("orders created by B: got %d, want 0", n)
 	}
-	if n := b.count("order resumed", "order", entry.Order); n != 1 {
-		t.Errorf("B's log: %d \"order resumed\" records for %s, want 1", n, entry.Order)
+	if n := r.b.count("order resumed", "order", order); n != 1 {
+		t.Errorf("B's log: %d \"order resumed\" records for %s, want 1", n, order)
 	}
-	if n := gate.Accepted(); n < 1 {
+	if n := r.gate.Accepted(); n < 1 {
 		t.Errorf("the gate accepted %d connections: the CA validated some other way", n)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -42,9 +43,46 @@ import (
 // second one's Traefik check depends on how long ago the first was.)
 func TestManifestApplies(t *testing.T) {
 	t.Parallel()
+	objs := applyManifest(t, deployPath(t, "ingress-acme.yaml"))
+	checkManifestApplied(t, objs)
+
+	// The controller, with nothing but the manifest's ServiceAccount token: its
+	// Lease and account Secret in ingress-acme, the certificate in a test
+	// namespace.
+	ns := newNamespace(t)
+	ctl := startManifestController(t, ns)
+	startBackend(t, ns, "web")
+	// One certificate issued (Secret created, Ingress updated twice, solver
+	// Service and EndpointSlice created, Events), and one short-lived one renewed
+	// (Secret updated).
+	h, hs := host(ns, "manifest"), host(ns, "short")
+	created := createIngress(t, ninetyDayIngress(ns, "manifest", "web", h))
+	short := newIngress(ns, "short", "web", true, hs)
+	short.Annotations[profileAnnotation] = "shortlived"
+	createIngress(t, short)
+	_, leaf := waitCertificate(t, ns, "manifest-tls", 60*time.Second, h)
+	waitServed(t, h, leaf, servedWithin)
+	waitRestored(t, created)
+	if len(events(t, ns, "manifest", "Issued")) == 0 {
+		t.Error("no Issued event: events are not writable with the manifest's RBAC")
+	}
+	_, shortLeaf := waitCertificate(t, ns, "short-tls", 60*time.Second, hs)
+	_, renewed := waitRenewed(t, ns, "short-tls", shortLeaf, 2*shortLived, hs)
+	waitServed(t, hs, renewed, servedWithin)
+
+	checkManifestController(t, ctl, ns)
+}
+
+// manifestNamespace is the namespace of the manifest's objects.
+const manifestNamespace = "ingress-acme"
+
+// applyManifest applies the manifest with kubectl as a CI job would (its
+// Namespace, then a server-side dry run of the whole, then the whole) and
+// returns its objects as testbed.Manifest parses them.
+func applyManifest(t *testing.T, manifest string) []runtime.Object {
+	t.Helper()
 	ctx := context.Background()
 	kubectl := bed.Tools.Kubectl
-	manifest := deployPath(t, "ingress-acme.yaml")
 	run := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command(kubectl, append([]string{"--kubeconfig", bed.AdminKubeconfig}, args...)...)
@@ -77,8 +115,17 @@ func TestManifestApplies(t *testing.T) {
 	t.Logf("kubectl apply (the Namespace):\n%s", strings.TrimSpace(run("apply", "-f", nsFile)))
 	t.Logf("kubectl apply --dry-run=server:\n%s", strings.TrimSpace(run("apply", "--dry-run=server", "-f", manifest)))
 	t.Logf("kubectl apply:\n%s", strings.TrimSpace(run("apply", "-f", manifest)))
+	return objs
+}
 
-	const home = "ingress-acme"
+// checkManifestApplied checks that every object of the manifest exists, that
+// its Deployment, as the API server defaulted and stored it and as written
+// (in objs), keeps the manifest's promises, and the Service's ports. It stops
+// the test on any failure.
+func checkManifestApplied(t *testing.T, objs []runtime.Object) {
+	t.Helper()
+	ctx := context.Background()
+	const home = manifestNamespace
 	cs := bed.Client()
 	check := func(what string, err error) {
 		t.Helper()
@@ -86,7 +133,7 @@ func TestManifestApplies(t *testing.T) {
 			t.Errorf("%s: %v", what, err)
 		}
 	}
-	_, err = cs.CoreV1().Namespaces().Get(ctx, home, metav1.GetOptions{})
+	_, err := cs.CoreV1().Namespaces().Get(ctx, home, metav1.GetOptions{})
 	check("Namespace ingress-acme", err)
 	_, err = cs.CoreV1().ServiceAccounts(home).Get(ctx, "ingress-acme", metav1.GetOptions{})
 	check("ServiceAccount", err)
@@ -126,13 +173,16 @@ func TestManifestApplies(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
+}
 
-	// The controller, with nothing but the manifest's ServiceAccount token: its
-	// Lease and account Secret in ingress-acme, the certificate in a test
-	// namespace.
-	ns := newNamespace(t)
+// startManifestController starts a controller for the certificates of ns
+// with nothing but the manifest's ServiceAccount token, its Lease and account
+// in the manifest's namespace.
+func startManifestController(t *testing.T, ns string) *controller {
+	t.Helper()
+	const home = manifestNamespace
 	dir := t.TempDir()
-	token, err := bed.ServiceAccountToken(ctx, home, "ingress-acme")
+	token, err := bed.ServiceAccountToken(context.Background(), home, "ingress-acme")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,25 +198,17 @@ func TestManifestApplies(t *testing.T) {
 		Extra: append(slices.Clone(e2eFlags), "--controller-namespace", home, "--namespace", ns),
 	})
 	ctl.start()
-	startBackend(t, ns, "web")
-	// One certificate issued (Secret created, Ingress updated twice, solver
-	// Service and EndpointSlice created, Events), and one short-lived one renewed
-	// (Secret updated).
-	h, hs := host(ns, "manifest"), host(ns, "short")
-	created := createIngress(t, ninetyDayIngress(ns, "manifest", "web", h))
-	short := newIngress(ns, "short", "web", true, hs)
-	short.Annotations[profileAnnotation] = "shortlived"
-	createIngress(t, short)
-	_, leaf := waitCertificate(t, ns, "manifest-tls", 60*time.Second, h)
-	waitServed(t, h, leaf, servedWithin)
-	waitRestored(t, created)
-	if len(events(t, ns, "manifest", "Issued")) == 0 {
-		t.Error("no Issued event: events are not writable with the manifest's RBAC")
-	}
-	_, shortLeaf := waitCertificate(t, ns, "short-tls", 60*time.Second, hs)
-	_, renewed := waitRenewed(t, ns, "short-tls", shortLeaf, 2*shortLived, hs)
-	waitServed(t, hs, renewed, servedWithin)
+	return ctl
+}
 
+// checkManifestController checks that ctl, the controller under the
+// manifest's RBAC for ns, holds and renews its Lease, still runs, wrote its
+// account Secret, and was never forbidden a request.
+func checkManifestController(t *testing.T, ctl *controller, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	const home = manifestNamespace
+	cs := bed.Client()
 	// The Lease is held, and renewed (update) since it was taken (create).
 	lease, err := cs.CoordinationV1().Leases(home).Get(ctx, "ingress-acme", metav1.GetOptions{})
 	if err != nil {

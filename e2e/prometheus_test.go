@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"math"
 	"strings"
@@ -96,7 +97,19 @@ func TestPrometheusScrapesExpiry(t *testing.T) {
 		t.Fatalf("validity %s: want Pebble's 90-day default profile", life)
 	}
 	prom := startPrometheus(t, ctl.MetricsAddr)
-	inst := fmt.Sprintf(`instance=%q`, ctl.MetricsAddr)
+	checkScrapedCertificate(t, prom, ctl.MetricsAddr, ns, leaf)
+	checkNoSeriesUnissued(t, prom, ctl, ns)
+	checkDashboardQueries(t, prom, ns, leaf)
+	checkNoAlertHolds(t, prom, ctl.MetricsAddr)
+}
+
+// checkScrapedCertificate checks what Prometheus scraped from the controller
+// at target about certificate ns/shop-tls, leaf: its expiry to the second,
+// ready, its issuance and the ACME calls behind it, and a renewal time
+// between now and the expiry.
+func checkScrapedCertificate(t *testing.T, prom *testbed.Prometheus, target, ns string, leaf *x509.Certificate) {
+	t.Helper()
+	inst := fmt.Sprintf(`instance=%q`, target)
 
 	want := float64(leaf.NotAfter.Unix())
 	expiry := fmt.Sprintf(`ingress_acme_certificate_expiry_timestamp_seconds{%s,namespace=%q,secret="shop-tls"}`, inst, ns)
@@ -116,9 +129,17 @@ func TestPrometheusScrapesExpiry(t *testing.T) {
 	if now := float64(time.Now().Unix()); renewal <= now || renewal >= want {
 		t.Errorf("renewal timestamp: got %.0f, want between now (%.0f) and the expiry (%.0f)", renewal, now, want)
 	}
+}
 
-	// The two certificates that do not exist: the controller has looked at both
-	// (the Warning Event for the invalid one, a failed order for the other)...
+// checkNoSeriesUnissued checks the two certificates of ns that do not exist,
+// invalid-tls (an invalid annotation) and failing-tls (its orders fail): the
+// controller has looked at both, and no scrape ever held a series for either.
+func checkNoSeriesUnissued(t *testing.T, prom *testbed.Prometheus, ctl *controller, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	inst := fmt.Sprintf(`instance=%q`, ctl.MetricsAddr)
+	// The controller has looked at both (the Warning Event for the invalid
+	// one, a failed order for the other)...
 	waitFor(t, 30*time.Second, "InvalidAnnotation event", func() (bool, string) {
 		return len(events(t, ns, "invalid", "InvalidAnnotation")) > 0, "no event yet"
 	})
@@ -152,12 +173,15 @@ func TestPrometheusScrapesExpiry(t *testing.T) {
 	if v, _, err := prom.Query(ctx, fmt.Sprintf(`count(ingress_acme_certificate_expiry_timestamp_seconds{namespace=%q})`, ns)); err != nil || v != 1 {
 		t.Errorf("expiry series in %s: got %v (%v), want 1", ns, v, err)
 	}
+}
 
-	// The dashboard's queries parse and run; the expiry panel shows this
-	// certificate's days left.
+// checkDashboardQueries checks that the dashboard's queries parse and run, and
+// that the expiry panel shows the days left of certificate ns/shop-tls, leaf.
+func checkDashboardQueries(t *testing.T, prom *testbed.Prometheus, ns string, leaf *x509.Certificate) {
+	t.Helper()
 	vars := strings.NewReplacer("$__rate_interval", "1m", "$job", testbed.PrometheusJob)
 	for _, pe := range dashboardExprs(t) {
-		samples, err := prom.QueryAll(ctx, vars.Replace(pe.expr))
+		samples, err := prom.QueryAll(context.Background(), vars.Replace(pe.expr))
 		if err != nil {
 			t.Errorf("dashboard panel %q: %v", pe.title, err)
 			continue
@@ -178,18 +202,23 @@ func TestPrometheusScrapesExpiry(t *testing.T) {
 			t.Errorf("dashboard panel %q: no bar for %s/shop-tls in %v", pe.title, ns, samples)
 		}
 	}
-	// Every alert's expression runs, and none holds for this controller, which
-	// is up, has a fresh certificate and has talked to the CA successfully
-	// (the failing certificate's orders fail, but issuance succeeded).
+}
+
+// checkNoAlertHolds checks that every alert's expression runs, and that none
+// holds for the controller at target, which is up, has a fresh certificate
+// and has talked to the CA successfully (the failing certificate's orders
+// fail, but issuance succeeded).
+func checkNoAlertHolds(t *testing.T, prom *testbed.Prometheus, target string) {
+	t.Helper()
 	for _, r := range alertRules(t) {
-		samples, err := prom.QueryAll(ctx, r.Expr)
+		samples, err := prom.QueryAll(context.Background(), r.Expr)
 		if err != nil {
 			t.Errorf("alert %s: %v", r.Alert, err)
 			continue
 		}
 		var mine []testbed.Sample
 		for _, s := range samples {
-			if s.Labels["instance"] == ctl.MetricsAddr {
+			if s.Labels["instance"] == target {
 				mine = append(mine, s)
 			}
 		}

@@ -144,8 +144,20 @@ func TestRenewalStorm(t *testing.T) {
 	ctl.start()
 	secrets := recordSecrets(t, ns)
 
+	names, hosts := issueStorm(t, ns, roots)
+	p := startStormProber(t, roots, hosts)
+	start, end := watchStorm(t, ns, secrets, names)
+	p.check(t)
+	checkStormRenewals(t, secrets, names, hosts, start, end)
+	checkStormEvents(t, ns, secrets, names)
+}
+
+// issueStorm creates the storm's stormCerts Ingresses (shortlived profile) at
+// once, and waits until each has its certificate from roots' CA, of the
+// profile's validity, served. It returns their names and hosts.
+func issueStorm(t *testing.T, ns string, roots *x509.CertPool) (names, hosts []string) {
+	t.Helper()
 	var ings []*networkingv1.Ingress
-	var hosts, names []string
 	for i := range stormCerts {
 		name := fmt.Sprintf("storm%02d", i)
 		ing := newIngress(ns, name, "web", true, host(ns, name))
@@ -164,18 +176,22 @@ func TestRenewalStorm(t *testing.T) {
 	for _, h := range hosts {
 		waitServedFrom(t, roots, h, 20*time.Second)
 	}
+	return names, hosts
+}
 
-	p := startStormProber(t, roots, hosts)
-	start := time.Now()
+// watchStorm lets the storm run for stormWatch, logging the renewals and
+// OrderLimit events every 30 s, and returns when the watch began and ended.
+func watchStorm(t *testing.T, ns string, secrets *secretHistory, names []string) (start, end time.Time) {
+	t.Helper()
+	start = time.Now()
 	t.Logf("all %d certificates served; watching for %s", stormCerts, stormWatch)
 	deadline := time.After(stormWatch)
 	progress := time.NewTicker(30 * time.Second)
 	defer progress.Stop()
-watching:
 	for {
 		select {
 		case <-deadline:
-			break watching
+			return start, time.Now()
 		case <-progress.C:
 			n := 0
 			for _, name := range names {
@@ -184,12 +200,15 @@ watching:
 			t.Logf("%3.0f s: %d renewals so far, %d OrderLimit events", time.Since(start).Seconds(), n, sumCounts(nsEvents(t, ns, "OrderLimit")))
 		}
 	}
-	end := time.Now()
-	p.check(t)
+}
 
-	// A certificate is renewed once per renewal interval, which lies between
-	// half its lifetime (never earlier) and its lifetime (else it expired): the
-	// renewals while watched are within one of the watch time over it.
+// checkStormRenewals checks the renewals of each certificate seen between
+// start and end. A certificate is renewed once per renewal interval, which
+// lies between half its lifetime (never earlier) and its lifetime (else it
+// expired): the renewals while watched are within one of the watch time over
+// it.
+func checkStormRenewals(t *testing.T, secrets *secretHistory, names, hosts []string, start, end time.Time) {
+	t.Helper()
 	lifetime := stormValidity - time.Second // Pebble's notAfter is notBefore + validity - 1 s
 	watched := end.Sub(start)
 	minRenewals := int(watched / lifetime)
@@ -224,13 +243,19 @@ watching:
 	}
 	t.Logf("%d renewals of %d certificates in %s (%.1f each; %d to %d allowed):\n%s", total, stormCerts, watched.Round(time.Second),
 		float64(total)/stormCerts, minRenewals, maxRenewals, report.String())
+}
 
+// checkStormEvents checks that on-time renewals never met the order budget
+// (no OrderLimit event) and that each renewal is one Renewed Event on its
+// Ingress.
+func checkStormEvents(t *testing.T, ns string, secrets *secretHistory, names []string) {
+	t.Helper()
 	if n := sumCounts(nsEvents(t, ns, "OrderLimit")); n > 0 {
 		evs := nsEvents(t, ns, "OrderLimit")
 		t.Errorf("OrderLimit events: got %d, want 0 (on-time renewals must not use up the budget); e.g. %s: %s", n, evs[0].InvolvedObject.Name, evs[0].Message)
 	}
-	// Every renewal is one Renewed Event on its Ingress. The Secret is written
-	// before the Event: count renewals before and after reading the Events.
+	// The Secret is written before the Event: count renewals before and after
+	// reading the Events.
 	waitFor(t, 10*time.Second, "one Renewed event per renewal", func() (bool, string) {
 		var bad []string
 		for _, name := range names {
