@@ -1,5 +1,18 @@
 // Package e2e runs ingress-acme's end-to-end tests against a real testbed
 // (etcd, kube-apiserver, Pebble, Traefik) started once for the test binary.
+//
+// Where things are:
+//
+//   - testbed/: the testbed (its processes, extra CAs, data planes, controller
+//     processes), shared with cmd/demo (make demo) and cmd/bench (make bench).
+//   - soak/: the randomized soak, run by TestSoak in soak_test.go (make soak).
+//   - testdata/: fixtures, such as the promtool unit test of the alerts.
+//   - controller_test.go and helpers*_test.go: what the tests share
+//     (namespaces, Ingresses, waiting, controllers, Events, CAs, watchers).
+//   - Every other _test.go file holds the tests of one subject: smoke, core,
+//     issue, hosts, options, crash, durable, fault, failover, fairness,
+//     renewal_storm, matrix (the data planes), and for operators prometheus,
+//     metrics, alerts, dashboard, health and manifest.
 package e2e
 
 import (
