@@ -11,7 +11,7 @@ BIN      := bin/ingress-acme
 UNIT_PKGS := . ./core/... ./acme/... ./secrets/... ./solver/... ./watcher/... ./metrics/...
 # Fuzz targets run briefly in `make test`; `make fuzz FUZZTIME=5m` runs them longer.
 FUZZTIME ?= 5s
-FUZZ_TARGETS := watcher:FuzzParseOptions watcher:FuzzValidateHost watcher:FuzzJournal solver:FuzzChallengeServer
+FUZZ_TARGETS := watcher/ingress:FuzzParseOptions watcher/ingress:FuzzValidateHost solver/ingress:FuzzJournal solver:FuzzChallengeServer
 E2E_TIMEOUT ?= 40m
 # `make soak`: SEED picks the schedule (a new one each run unless given; a
 # failing seed replays the same schedule), DURATION how long it runs.

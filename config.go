@@ -53,15 +53,15 @@ type Config struct {
 	LogLevel            slog.Level
 	Version             bool
 
-	// fault is called at the fault points of an order; only test builds (tag
-	// faults) set it, from --crash-at.
-	fault func(point string)
+	// atStep is called at the steps of an order (watcher.Steps, acme.Steps);
+	// a no-op but in test builds (tag faults), where --crash-at sets it.
+	atStep func(step string)
 }
 
 // parseFlags fills a Config from args, falling back to getenv for each flag not
 // given, and validates it.
 func parseFlags(args []string, getenv func(string) string) (Config, error) {
-	var c Config
+	c := Config{atStep: func(string) {}}
 	fs, logLevel := newFlagSet(&c)
 	if err := fs.Parse(args); err != nil {
 		return c, err

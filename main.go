@@ -25,23 +25,29 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientfeatures "k8s.io/client-go/features"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/ingress-acme/ingress-acme/acme"
-	"github.com/ingress-acme/ingress-acme/core"
 	"github.com/ingress-acme/ingress-acme/metrics"
 	"github.com/ingress-acme/ingress-acme/secrets"
 	"github.com/ingress-acme/ingress-acme/solver"
+	ingresssolver "github.com/ingress-acme/ingress-acme/solver/ingress"
 	"github.com/ingress-acme/ingress-acme/watcher"
+	ingresssource "github.com/ingress-acme/ingress-acme/watcher/ingress"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -117,7 +123,11 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	services := solver.NewServices(client, cfg.SolverService, solver.Endpoint{
 		Address: cfg.SolverAddress, AddressType: discoveryv1.AddressType(cfg.SolverAddressType), Port: solverPort,
 	})
-	ctrl, err := newController(cfg, client, m, logger, issuer, challenges, services)
+	events := record.NewBroadcaster(record.WithContext(ctx))
+	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	defer events.Shutdown()
+	recorder := events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ingress-acme"})
+	ctrl, err := newController(cfg, client, m, logger, recorder, issuer, challenges, services)
 	if err != nil {
 		return err
 	}
@@ -198,25 +208,43 @@ func newIssuer(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logg
 		Logger:       logger,
 		Observe:      m.ACMERequest,
 		Limits:       cfg.ACMELimits,
-		Fault:        cfg.fault,
+		AtStep:       cfg.atStep,
 	})
 }
 
-// newController wires the controller to its concrete parts.
-func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logger *slog.Logger, issuer watcher.Issuer, challenges *solver.Server, services *solver.Services) (*watcher.Controller, error) {
+// defaultIssuer is the name of the issuer --acme-directory configures.
+const defaultIssuer = "default"
+
+// newController wires the engine to its concrete parts: the Ingress source,
+// the HTTP-01 solver through Ingresses, the ACME issuer, the Secret store.
+func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logger *slog.Logger, recorder record.EventRecorder,
+	issuer watcher.Issuer, challenges *solver.Server, services *solver.Services) (*watcher.Controller, error) {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 10*time.Hour, informers.WithNamespace(cfg.Namespace))
+	ingInformer := factory.Networking().V1().Ingresses()
+	source, err := ingresssource.New(ingresssource.Config{Client: client, Informer: ingInformer, Recorder: recorder, Metrics: m, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	http01, err := ingresssolver.New(ingresssolver.Config{
+		Informer: ingInformer, Ingresses: source, Challenges: challenges, Service: services,
+		SelfCheck: solver.NewSelfCheck(cfg.SelfCheckAddress, cfg.SelfCheckTimeout, m.SelfCheck),
+		Recorder:  recorder, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
 	return watcher.New(watcher.Config{
 		Client:            client,
 		Namespace:         cfg.Namespace,
-		Issuer:            issuer,
+		Sources:           []watcher.Source{source},
+		Solvers:           []watcher.Solver{http01},
+		Issuers:           map[string]watcher.Issuer{defaultIssuer: issuer},
+		DefaultIssuer:     defaultIssuer,
+		Informers:         []informers.SharedInformerFactory{factory},
 		Secrets:           secrets.NewStore(client),
 		States:            secrets.NewStates(client, cfg.ControllerNamespace),
-		Challenges:        challenges,
-		Solver:            services,
-		SelfCheck:         solver.NewSelfCheck(cfg.SelfCheckAddress, cfg.SelfCheckTimeout, m.SelfCheck),
 		Metrics:           m,
 		Logger:            logger,
-		SecretSelector:    core.Selector,
-		SecretTransform:   secrets.Summarize,
 		Workers:           cfg.Workers,
 		MaxOrdersInFlight: cfg.MaxOrdersInFlight,
 		DefaultProfile:    cfg.ACMEProfile,
@@ -226,7 +254,7 @@ func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, 
 		RetryBase:         cfg.RetryBase,
 		RetryMax:          cfg.RetryMax,
 		Resync:            10 * time.Hour,
-		Fault:             cfg.fault,
+		AtStep:            func(s watcher.Step) { cfg.atStep(string(s)) },
 	})
 }
 

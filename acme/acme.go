@@ -21,8 +21,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -75,10 +73,19 @@ type Config struct {
 	SetupBackoff time.Duration
 	// PollTimeout bounds each wait for the CA: validation, then issuance. 0: 2 minutes.
 	PollTimeout time.Duration
-	// Fault, if set, is called at core.FaultValidating and core.FaultFinalized;
-	// tests make it crash the process there.
-	Fault func(point string)
+	// AtStep, if set, is called when an order passes StepValidating or
+	// StepFinalized; tests make it crash the process there.
+	AtStep func(step string)
 }
+
+// The steps of an order inside the Client where Config.AtStep is called.
+const (
+	StepValidating = "validating" // the CA has been told to validate
+	StepFinalized  = "finalized"  // the order is valid, the certificate not yet downloaded
+)
+
+// Steps lists StepValidating and StepFinalized, in the order an order passes them.
+func Steps() []string { return []string{StepValidating, StepFinalized} }
 
 // Client gets certificates from one ACME directory with one account, set up on
 // first use (and again after a failure, SetupBackoff later). It is safe for
@@ -130,8 +137,8 @@ func withDefaults(cfg Config) Config {
 	cfg.SetupTimeout = cmp(cfg.SetupTimeout, 10*time.Second)
 	cfg.SetupBackoff = cmp(cfg.SetupBackoff, 15*time.Second)
 	cfg.PollTimeout = cmp(cfg.PollTimeout, 2*time.Minute)
-	if cfg.Fault == nil {
-		cfg.Fault = func(string) {}
+	if cfg.AtStep == nil {
+		cfg.AtStep = func(string) {}
 	}
 	d, l := DefaultLimits(), &cfg.Limits
 	l.RequestsPerSecond = cmp(l.RequestsPerSecond, d.RequestsPerSecond)
@@ -159,8 +166,9 @@ func cmpErr(err, def error) error {
 	return def
 }
 
-// DirectoryURL is the directory this client orders from.
-func (c *Client) DirectoryURL() string { return c.cfg.DirectoryURL }
+// Identity is the directory this client orders from: what certificates it
+// issues record of their issuer.
+func (c *Client) Identity() string { return c.cfg.DirectoryURL }
 
 // Order places an order for req.Hosts, or continues req.Resume while the CA can
 // still finish it: pending or ready, or finalized (processing or valid) for
@@ -192,7 +200,7 @@ func (c *Client) resume(ctx context.Context, s lib, req core.OrderRequest) (core
 	switch {
 	case err != nil:
 		why = err.Error()
-	case !sameHosts(o.Hosts, req.Hosts):
+	case !core.SameHosts(o.Hosts, req.Hosts):
 		why = "it is for other hosts"
 	case o.Status == "processing" || o.Status == "valid":
 		why = c.finalizedWhy(ctx, s, o, req.KeyType)
@@ -201,7 +209,7 @@ func (c *Client) resume(ctx context.Context, s lib, req core.OrderRequest) (core
 	}
 	var chs []core.Challenge
 	if why == "" && o.Status == "pending" {
-		if chs, err = c.challenges(ctx, s, o); err != nil {
+		if chs, err = c.challenges(ctx, s, o, req.Challenge); err != nil {
 			why = err.Error()
 		}
 	}
@@ -244,13 +252,6 @@ func (c *Client) finalizedWhy(ctx context.Context, s lib, o order, keyType core.
 	return ""
 }
 
-func sameHosts(a, b []string) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.EqualFunc(a, b, strings.EqualFold)
-}
-
 // place places a new order.
 func (c *Client) place(ctx context.Context, s lib, req core.OrderRequest) (core.Order, error) {
 	if err := ctx.Err(); err != nil {
@@ -273,18 +274,20 @@ func (c *Client) place(ctx context.Context, s lib, req core.OrderRequest) (core.
 		return core.Order{}, fmt.Errorf("new order: %w", err)
 	}
 	c.log.Info("order created", "order", o.URL, "hosts", req.Hosts, "replaces", replacing)
-	chs, err := c.challenges(ctx, s, o)
+	chs, err := c.challenges(ctx, s, o, req.Challenge)
 	if err != nil {
 		return core.Order{}, err
 	}
 	return core.Order{URL: o.URL, Hosts: req.Hosts, Challenges: chs, Replacing: replacing}, nil
 }
 
-// challenges returns the http-01 challenges of o's pending authorizations.
-func (c *Client) challenges(ctx context.Context, s lib, o order) ([]core.Challenge, error) {
+// challenges returns the challenges of type typ (http-01 when "") of o's
+// pending authorizations.
+func (c *Client) challenges(ctx context.Context, s lib, o order, typ string) ([]core.Challenge, error) {
+	typ = challengeType(typ)
 	var chs []core.Challenge
 	for _, u := range o.Authorizations {
-		a, err := s.fetchAuthz(u)
+		a, err := s.fetchAuthz(u, typ)
 		switch {
 		case err != nil:
 			return nil, fmt.Errorf("fetch authorization: %w", err)
@@ -293,9 +296,9 @@ func (c *Client) challenges(ctx context.Context, s lib, o order) ([]core.Challen
 		case a.Status != "pending":
 			return nil, fmt.Errorf("authorization for %s is %s", a.Host, a.Status)
 		case a.Challenge.Token == "":
-			return nil, fmt.Errorf("the CA offers no http-01 challenge for %s", a.Host)
+			return nil, fmt.Errorf("the CA offers no %s challenge for %s", typ, a.Host)
 		}
-		chs = append(chs, core.Challenge{Host: a.Host, Token: a.Challenge.Token, KeyAuth: a.Challenge.KeyAuth})
+		chs = append(chs, core.Challenge{Type: typ, Host: a.Host, Token: a.Challenge.Token, KeyAuth: a.Challenge.KeyAuth})
 	}
 	return chs, ctx.Err()
 }
@@ -310,16 +313,28 @@ func (c *Client) Validate(ctx context.Context, o core.Order) error {
 	if err != nil {
 		return err
 	}
-	return c.done(start, c.validate(ctx, s, o.URL))
+	typ := ""
+	if len(o.Challenges) > 0 {
+		typ = o.Challenges[0].Type
+	}
+	return c.done(start, c.validate(ctx, s, o.URL, challengeType(typ)))
 }
 
-func (c *Client) validate(ctx context.Context, s lib, url string) error {
+// challengeType is typ, or http-01 for "".
+func challengeType(typ string) string {
+	if typ == "" {
+		return core.ChallengeHTTP01
+	}
+	return typ
+}
+
+func (c *Client) validate(ctx context.Context, s lib, url, typ string) error {
 	o, err := s.fetchOrder(url)
 	if err != nil {
 		return fmt.Errorf("fetch order: %w", err)
 	}
 	for _, u := range o.Authorizations {
-		a, err := s.fetchAuthz(u)
+		a, err := s.fetchAuthz(u, typ)
 		if err != nil {
 			return fmt.Errorf("fetch authorization: %w", err)
 		}
@@ -329,9 +344,9 @@ func (c *Client) validate(ctx context.Context, s lib, url string) error {
 			}
 		}
 	}
-	c.cfg.Fault(core.FaultValidating)
+	c.cfg.AtStep(StepValidating)
 	for _, u := range o.Authorizations {
-		if err := c.poll(ctx, func() (bool, error) { return authzDone(s, u) }); err != nil {
+		if err := c.poll(ctx, func() (bool, error) { return authzDone(s, u, typ) }); err != nil {
 			return err
 		}
 	}
@@ -339,8 +354,8 @@ func (c *Client) validate(ctx context.Context, s lib, url string) error {
 }
 
 // authzDone tells whether the authorization at url is no longer being validated.
-func authzDone(s lib, url string) (bool, error) {
-	a, err := s.fetchAuthz(url)
+func authzDone(s lib, url, typ string) (bool, error) {
+	a, err := s.fetchAuthz(url, typ)
 	switch {
 	case err != nil:
 		return false, fmt.Errorf("fetch authorization: %w", err)
@@ -394,7 +409,7 @@ func (c *Client) finalize(ctx context.Context, s lib, o core.Order, key crypto.S
 	if ord.Status != "valid" {
 		return nil, fmt.Errorf("order is %s: %w", ord.Status, cmpErr(ord.Err, errors.New("no problem given")))
 	}
-	c.cfg.Fault(core.FaultFinalized)
+	c.cfg.AtStep(StepFinalized)
 	return c.download(s, ord, key)
 }
 

@@ -29,7 +29,7 @@ func TestOrderValidateFinalize(t *testing.T) {
 	var faults []string
 	var mu sync.Mutex // guards faults
 	c, keys := newTestClient(t, ca, func(cfg *Config) {
-		cfg.Fault = func(p string) { mu.Lock(); faults = append(faults, p); mu.Unlock() }
+		cfg.AtStep = func(p string) { mu.Lock(); faults = append(faults, p); mu.Unlock() }
 	})
 	ctx := context.Background()
 	hosts := []string{"a.example", "b.example"}
@@ -64,7 +64,7 @@ func TestOrderValidateFinalize(t *testing.T) {
 	if !slices.Equal(certs[0].DNSNames, hosts) || !certs[0].PublicKey.(*ecdsa.PublicKey).Equal(key.Public()) {
 		t.Errorf("got %v, want a leaf for %v with our key", certs[0].DNSNames, hosts)
 	}
-	if want := []string{core.FaultValidating, core.FaultFinalized}; !slices.Equal(faults, want) {
+	if want := []string{StepValidating, StepFinalized}; !slices.Equal(faults, want) {
 		t.Errorf("got faults %v, want %v", faults, want)
 	}
 	if got := ca.count("POST /acct"); got != 2 {
@@ -372,7 +372,7 @@ func TestNewRequiresDirectoryAndKeys(t *testing.T) {
 		})
 	}
 	c, err := New(Config{DirectoryURL: "https://ca.example/dir", Keys: &memKeys{}})
-	if err != nil || c.DirectoryURL() != "https://ca.example/dir" {
+	if err != nil || c.Identity() != "https://ca.example/dir" {
 		t.Errorf("got %v, %v, want the directory URL", c, err)
 	}
 	if c.cfg.Limits != DefaultLimits() || c.cfg.SetupTimeout != 10*time.Second || c.cfg.RequestTimeout != 30*time.Second {

@@ -44,12 +44,13 @@ type order struct {
 	Err            error // the CA's problem on an invalid order; nil if none
 }
 
-// authz is what this package uses of an authorization: its http-01 challenge.
+// authz is what this package uses of an authorization: its challenge of
+// the type asked for.
 type authz struct {
 	Host      string
 	Status    string
-	Challenge challenge // Token "" when the CA offers no http-01 challenge
-	Err       error     // the http-01 challenge's problem; nil if none
+	Challenge challenge // Token "" when the CA offers no challenge of that type
+	Err       error     // that challenge's problem; nil if none
 }
 
 type challenge struct {
@@ -143,15 +144,15 @@ func orderOf(o acmelib.Order) order {
 	return out
 }
 
-// fetchAuthz reads the authorization at url; the key authorization is the
-// library's: token "." account thumbprint.
-func (l lib) fetchAuthz(url string) (authz, error) {
+// fetchAuthz reads the authorization at url, with its challenge of type typ;
+// the key authorization is the library's: token "." account thumbprint.
+func (l lib) fetchAuthz(url, typ string) (authz, error) {
 	a, err := l.c.FetchAuthorization(l.account, url)
 	if err != nil {
 		return authz{}, err
 	}
 	out := authz{Host: a.Identifier.Value, Status: a.Status}
-	if ch, ok := a.ChallengeMap[acmelib.ChallengeTypeHTTP01]; ok {
+	if ch, ok := a.ChallengeMap[typ]; ok {
 		out.Challenge = challenge{URL: ch.URL, Status: ch.Status, Token: ch.Token, KeyAuth: ch.KeyAuthorization}
 		if ch.Error.Type != "" {
 			out.Err = ch.Error

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	acmelib "github.com/eggsampler/acme/v3"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // TestLibraryBehaviour fails when github.com/eggsampler/acme/v3 stops doing
@@ -49,7 +51,7 @@ func TestLibraryBehaviour(t *testing.T) {
 	})
 	t.Run("a looked-up account prefills key authorizations", func(t *testing.T) {
 		o, _ := l.newOrder([]string{"b.example"}, nil, "")
-		a, err := l.fetchAuthz(o.Authorizations[0])
+		a, err := l.fetchAuthz(o.Authorizations[0], core.ChallengeHTTP01)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,7 +92,7 @@ func TestLibraryBehaviour(t *testing.T) {
 	})
 	t.Run("one POST per challenge and no polling", func(t *testing.T) {
 		o, _ := l.newOrder([]string{"d.example"}, nil, "")
-		a, _ := l.fetchAuthz(o.Authorizations[0])
+		a, _ := l.fetchAuthz(o.Authorizations[0], core.ChallengeHTTP01)
 		before := ca.count("POST /chal/")
 		if err := respond(tr.bound(context.Background(), time.Second), l, a.Challenge.URL); err != nil {
 			t.Fatal(err)
@@ -132,12 +134,12 @@ func readyOrder(t *testing.T, ca *fakeCA, l lib, host string) order {
 		t.Fatal(err)
 	}
 	for _, u := range o.Authorizations {
-		a, _ := l.fetchAuthz(u)
+		a, _ := l.fetchAuthz(u, core.ChallengeHTTP01)
 		tr := &transport{base: http.DefaultTransport}
 		if err := respond(tr.bound(context.Background(), time.Second), l, a.Challenge.URL); err != nil {
 			t.Fatal(err)
 		}
-		_, _ = l.fetchAuthz(u)
+		_, _ = l.fetchAuthz(u, core.ChallengeHTTP01)
 	}
 	o, err = l.fetchOrder(o.URL)
 	if err != nil || o.Status != "ready" {

@@ -2,8 +2,8 @@
 // that hold ingress-acme's certificates, generates and encodes their private
 // keys, and keeps the ACME account keys in Secrets of the controller's namespace.
 //
-// A Secret is ours when it carries the label core.LabelManagedBy=core.ManagedBy.
-// Nothing in this package ever modifies a Secret that is not ours.
+// A Secret is ours when core.Owned says so of its labels. Nothing in this
+// package ever modifies a Secret that is not ours.
 package secrets
 
 import (
@@ -24,14 +24,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ingress-acme/ingress-acme/core"
-)
-
-// Annotations on the Secrets this package writes, besides core.AnnotationKeyType.
-const (
-	AnnotationHosts     = core.AnnotationPrefix + "hosts"
-	AnnotationNotAfter  = core.AnnotationPrefix + "not-after"
-	AnnotationDirectory = core.AnnotationPrefix + "directory"
-	AnnotationSerial    = core.AnnotationPrefix + "serial"
 )
 
 // GenerateKey returns a new private key of type kt, or an error for a type not
@@ -123,18 +115,12 @@ func DecodeKey(data []byte) (crypto.Signer, error) {
 	}
 }
 
-// Owned reports whether s is a Secret we manage (labelled core.LabelManagedBy=
-// core.ManagedBy). A nil Secret is not owned.
-func Owned(s *corev1.Secret) bool {
-	return s != nil && s.Labels[core.LabelManagedBy] == core.ManagedBy
-}
-
 // Certificate is what a Secret of ours holds, parsed.
 type Certificate struct {
 	Leaf      *x509.Certificate
 	Chain     []*x509.Certificate // Leaf first
 	KeyType   core.KeyType        // "" for a key of a type not in core.KeyTypes
-	Directory string              // the ACME directory that issued it, from its annotation
+	Directory string              // the identity of the issuer it was asked of, from its annotation
 }
 
 // Parse reads a certificate Secret: tls.crt must be a PEM chain whose first
@@ -160,7 +146,7 @@ func Parse(s *corev1.Secret) (*Certificate, error) {
 		Leaf:      chain[0],
 		Chain:     chain,
 		KeyType:   keyTypeOf(key.Public()),
-		Directory: s.Annotations[AnnotationDirectory],
+		Directory: s.Annotations[core.AnnotationDirectory],
 	}, nil
 }
 
@@ -194,40 +180,61 @@ func DecodeChain(data []byte) ([]*x509.Certificate, error) {
 	return chain, nil
 }
 
-// Build returns the kubernetes.io/tls Secret namespace/name holding chainPEM
-// (leaf first) and key, labelled as ours and annotated with its hosts, expiry,
-// serial, key type, issuing directory and the profile it was ordered with.
-func Build(namespace, name string, chainPEM []byte, key crypto.Signer, directory, profile string) (*corev1.Secret, error) {
-	chain, err := DecodeChain(chainPEM)
+// Build returns the kubernetes.io/tls Secret namespace/name holding cert,
+// labelled as ours and annotated with its hosts, expiry, serial, key type, the
+// issuer it was asked of (name and identity) and the profile it was ordered
+// with. Its data are tls.crt (the chain, leaf first) and tls.key, and the
+// extra keys of secretKeys (see core.Options.SecretKeys), which it records.
+func Build(namespace, name string, cert core.Certificate, profile, secretKeys string) (*corev1.Secret, error) {
+	chain, err := DecodeChain(cert.ChainPEM)
 	if err != nil {
 		return nil, err
 	}
-	if !publicKeysEqual(chain[0].PublicKey, key.Public()) {
+	if !publicKeysEqual(chain[0].PublicKey, cert.Key.Public()) {
 		return nil, errors.New("the issued certificate does not match the private key")
 	}
-	keyPEM, err := EncodeKey(key)
+	data, err := contents(cert, secretKeys)
 	if err != nil {
 		return nil, err
 	}
 	leaf := chain[0]
+	annotations := map[string]string{
+		core.AnnotationHosts:     strings.Join(leaf.DNSNames, ","),
+		core.AnnotationNotAfter:  leaf.NotAfter.UTC().Format(time.RFC3339),
+		core.AnnotationSerial:    fmt.Sprintf("%x", leaf.SerialNumber),
+		core.AnnotationKeyType:   string(keyTypeOf(cert.Key.Public())),
+		core.AnnotationIssuer:    cert.Issuer,
+		core.AnnotationDirectory: cert.Directory,
+		core.AnnotationProfile:   profile,
+	}
+	if secretKeys != "" {
+		annotations[core.AnnotationSecretKeys] = secretKeys
+	}
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      name,
-			Namespace: namespace,
-			Labels:    map[string]string{core.LabelManagedBy: core.ManagedBy},
-			Annotations: map[string]string{
-				AnnotationHosts:        strings.Join(leaf.DNSNames, ","),
-				AnnotationNotAfter:     leaf.NotAfter.UTC().Format(time.RFC3339),
-				AnnotationSerial:       fmt.Sprintf("%x", leaf.SerialNumber),
-				core.AnnotationKeyType: string(keyTypeOf(key.Public())),
-				AnnotationDirectory:    directory,
-				core.AnnotationProfile: profile,
-			},
+			Name:        name,
+			Namespace:   namespace,
+			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy},
+			Annotations: annotations,
 		},
 		Type: corev1.SecretTypeTLS,
-		Data: map[string][]byte{
-			corev1.TLSCertKey:       bytes.Clone(chainPEM),
-			corev1.TLSPrivateKeyKey: keyPEM,
-		},
+		Data: data,
 	}, nil
+}
+
+// contents are the Secret data for cert: tls.crt and tls.key, and the extra
+// keys secretKeys names. No extra key is known yet: any is an error.
+func contents(cert core.Certificate, secretKeys string) (map[string][]byte, error) {
+	keyPEM, err := EncodeKey(cert.Key)
+	if err != nil {
+		return nil, err
+	}
+	data := map[string][]byte{
+		corev1.TLSCertKey:       bytes.Clone(cert.ChainPEM),
+		corev1.TLSPrivateKeyKey: keyPEM,
+	}
+	if secretKeys != "" {
+		return nil, fmt.Errorf("unknown Secret keys %q", secretKeys)
+	}
+	return data, nil
 }

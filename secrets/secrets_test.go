@@ -242,7 +242,7 @@ func TestOwned(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Owned(tt.sec); got != tt.want {
+			if got := owned(tt.sec); got != tt.want {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
 		})
@@ -268,7 +268,7 @@ func TestParse(t *testing.T) {
 	}{
 		{name: "valid", sec: func() *corev1.Secret {
 			s := tlsSecret(t, good.chainPEM, good.key)
-			s.Annotations = map[string]string{AnnotationDirectory: "https://ca.example/dir"}
+			s.Annotations = map[string]string{core.AnnotationDirectory: "https://ca.example/dir"}
 			return s
 		}},
 		{name: "nil", sec: func() *corev1.Secret { return nil }, wantErr: "no secret"},
@@ -372,7 +372,7 @@ func TestBuild(t *testing.T) {
 	notAfter := notBefore.Add(90 * 24 * time.Hour)
 	tc := newTestCert(t, core.RSA2048, []string{"a.example.com", "b.example.com"}, notBefore, notAfter)
 
-	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", "")
+	sec, err := Build("ns", "web-tls", core.Certificate{ChainPEM: tc.chainPEM, Key: tc.key, Directory: "https://ca.example/dir"}, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,15 +382,15 @@ func TestBuild(t *testing.T) {
 	if sec.Type != corev1.SecretTypeTLS {
 		t.Errorf("got type %q, want %q", sec.Type, corev1.SecretTypeTLS)
 	}
-	if !Owned(sec) {
+	if !owned(sec) {
 		t.Errorf("got labels %v, want the Secret owned", sec.Labels)
 	}
 	wantAnn := map[string]string{
-		AnnotationHosts:        "a.example.com,b.example.com",
-		AnnotationNotAfter:     notAfter.UTC().Format(time.RFC3339),
-		AnnotationSerial:       "beef42",
+		core.AnnotationHosts:        "a.example.com,b.example.com",
+		core.AnnotationNotAfter:     notAfter.UTC().Format(time.RFC3339),
+		core.AnnotationSerial:       "beef42",
 		core.AnnotationKeyType: string(core.RSA2048),
-		AnnotationDirectory:    "https://ca.example/dir",
+		core.AnnotationDirectory:    "https://ca.example/dir",
 	}
 	for k, want := range wantAnn {
 		if got := sec.Annotations[k]; got != want {
@@ -420,12 +420,12 @@ func TestBuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s, err := Build("ns", "web-tls", tc.chainPEM, other, "", ""); err == nil {
+		if s, err := Build("ns", "web-tls", core.Certificate{ChainPEM: tc.chainPEM, Key: other, Directory: ""}, "", ""); err == nil {
 			t.Errorf("got Secret %v, want an error", s.Name)
 		}
 	})
 	t.Run("no certificate", func(t *testing.T) {
-		if s, err := Build("ns", "web-tls", []byte("nope"), tc.key, "", ""); err == nil {
+		if s, err := Build("ns", "web-tls", core.Certificate{ChainPEM: []byte("nope"), Key: tc.key, Directory: ""}, "", ""); err == nil {
 			t.Errorf("got Secret %v, want an error", s.Name)
 		}
 	})

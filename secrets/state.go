@@ -27,11 +27,7 @@ func NewStates(client kubernetes.Interface, namespace string) *States {
 	return &States{client: client, namespace: namespace}
 }
 
-const (
-	annotationStateOf = core.AnnotationPrefix + "state-of"
-	stateField        = "state"
-	roleLabel         = core.AnnotationPrefix + "role"
-)
+const stateField = "state"
 
 // stateName is the Secret that holds the record of key.
 func stateName(key string) string {
@@ -42,13 +38,13 @@ func stateName(key string) string {
 // Load lists every record, by key, in one request.
 func (s *States) Load(ctx context.Context) (map[string][]byte, error) {
 	list, err := s.client.CoreV1().Secrets(s.namespace).List(ctx, metav1.ListOptions{
-		LabelSelector: core.Selector + "," + roleLabel + "=state"})
+		LabelSelector: core.Selector + "," + core.LabelRole + "=" + core.RoleState})
 	if err != nil {
 		return nil, fmt.Errorf("list certificate states: %w", err)
 	}
 	out := map[string][]byte{}
 	for _, sec := range list.Items {
-		if key := sec.Annotations[annotationStateOf]; key != "" && sec.Name == stateName(key) {
+		if key := sec.Annotations[core.AnnotationStateOf]; key != "" && sec.Name == stateName(key) {
 			out[key] = sec.Data[stateField]
 		}
 	}
@@ -62,8 +58,8 @@ func (s *States) Save(ctx context.Context, key string, data []byte) error {
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        stateName(key),
 			Namespace:   s.namespace,
-			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy, roleLabel: "state"},
-			Annotations: map[string]string{annotationStateOf: key},
+			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy, core.LabelRole: core.RoleState},
+			Annotations: map[string]string{core.AnnotationStateOf: key},
 		},
 		Type: corev1.SecretTypeOpaque,
 		Data: map[string][]byte{stateField: data},

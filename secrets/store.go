@@ -72,7 +72,7 @@ func (s *Store) Put(ctx context.Context, current, desired *corev1.Secret) error 
 		}
 		return nil
 	}
-	if !Owned(current) {
+	if !core.Owned(current.Labels) {
 		return ErrNotOwned
 	}
 	next := current.DeepCopy()
@@ -92,28 +92,63 @@ func (s *Store) Put(ctx context.Context, current, desired *corev1.Secret) error 
 	return nil
 }
 
-// Read parses a certificate Secret (see Parse; or one Summarize made) and returns its leaf, key type
-// ("" for a key of a type not in core.KeyTypes) and issuing directory. The leaf
-// of a summary has only its validity, serial, authority key ID and DNS names.
-func (s *Store) Read(sec *corev1.Secret) (leaf *x509.Certificate, keyType core.KeyType, directory string, err error) {
-	if leaf, keyType, ok, err := readSummary(sec); ok {
-		return leaf, keyType, sec.Annotations[AnnotationDirectory], err
+// Summarize is the cache's transform for certificate Secrets, which Read
+// understands (see the function Summarize).
+func (s *Store) Summarize(obj any) (any, error) { return Summarize(obj) }
+
+// Read parses a certificate Secret (see Parse; or one Summarize made) and
+// returns what it holds and records. The leaf of a summary has only its
+// validity, serial, authority key ID and DNS names.
+func (s *Store) Read(sec *corev1.Secret) (core.Stored, error) {
+	leaf, keyType, ok, err := readSummary(sec)
+	if !ok {
+		var c *Certificate
+		if c, err = Parse(sec); err == nil {
+			leaf, keyType = c.Leaf, c.KeyType
+		}
 	}
-	c, err := Parse(sec)
 	if err != nil {
-		return nil, "", "", err
+		return core.Stored{}, err
 	}
-	return c.Leaf, c.KeyType, c.Directory, nil
+	profile, recorded := sec.Annotations[core.AnnotationProfile]
+	return core.Stored{Leaf: leaf, KeyType: keyType, Issuer: sec.Annotations[core.AnnotationIssuer],
+		Directory: sec.Annotations[core.AnnotationDirectory], Profile: profile, ProfileRecorded: recorded,
+		SecretKeys: sec.Annotations[core.AnnotationSecretKeys]}, nil
 }
 
-// Write builds the Secret namespace/name for chainPEM and key (see Build) and
-// stores it over current (see Put).
-func (s *Store) Write(ctx context.Context, current *corev1.Secret, namespace, name string, chainPEM []byte, key crypto.Signer, directory, profile string) error {
-	desired, err := Build(namespace, name, chainPEM, key, directory, profile)
+// Write builds req's Secret for cert (see Build) and stores it over current
+// (see Put). It returns the certificate's leaf.
+func (s *Store) Write(ctx context.Context, current *corev1.Secret, req core.Request, cert core.Certificate) (*x509.Certificate, error) {
+	desired, err := Build(req.Namespace, req.Secret, cert, req.Options.Profile, req.Options.SecretKeys)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Put(ctx, current, desired); err != nil {
+		return nil, err
+	}
+	chain, _ := DecodeChain(cert.ChainPEM) // Build parsed it
+	return chain[0], nil
+}
+
+// Rewrite gives the Secret current names (ours) the data req's options ask
+// for, from the certificate and key it holds (read afresh: the cache keeps
+// neither), keeping what it records of how it was ordered.
+func (s *Store) Rewrite(ctx context.Context, current *corev1.Secret, req core.Request) error {
+	full, err := s.Get(ctx, req.Namespace, req.Secret)
+	if err != nil || full == nil {
+		return fmt.Errorf("rewrite secret %s/%s: %w", req.Namespace, req.Secret, errors.Join(err, errors.New("gone")))
+	}
+	key, err := DecodeKey(full.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		return fmt.Errorf("rewrite secret %s/%s: %w", req.Namespace, req.Secret, err)
+	}
+	cert := core.Certificate{ChainPEM: full.Data[corev1.TLSCertKey], Key: key,
+		Issuer: full.Annotations[core.AnnotationIssuer], Directory: full.Annotations[core.AnnotationDirectory]}
+	desired, err := Build(req.Namespace, req.Secret, cert, full.Annotations[core.AnnotationProfile], req.Options.SecretKeys)
 	if err != nil {
 		return err
 	}
-	return s.Put(ctx, current, desired)
+	return s.Put(ctx, full, desired)
 }
 
 // NewKey generates a private key of keyType (see GenerateKey).
@@ -180,7 +215,7 @@ func (a *AccountKeys) load(ctx context.Context, directoryURL string) (crypto.Sig
 	if err != nil {
 		return nil, err
 	}
-	if sec.Annotations[AnnotationDirectory] != directoryURL || len(sec.Data[accountKeyField]) == 0 {
+	if sec.Annotations[core.AnnotationDirectory] != directoryURL || len(sec.Data[accountKeyField]) == 0 {
 		return nil, fmt.Errorf("secret %s/%s does not hold the account key for %s", a.namespace, name, directoryURL)
 	}
 	key, err := DecodeKey(sec.Data[accountKeyField])
@@ -195,8 +230,8 @@ func (a *AccountKeys) accountSecret(directoryURL string, keyPEM []byte) *corev1.
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        AccountSecretName(directoryURL),
 			Namespace:   a.namespace,
-			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy, core.AnnotationPrefix + "role": "account"},
-			Annotations: map[string]string{AnnotationDirectory: directoryURL},
+			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy, core.LabelRole: core.RoleAccount},
+			Annotations: map[string]string{core.AnnotationDirectory: directoryURL},
 		},
 		Type: corev1.SecretTypeOpaque,
 		Data: map[string][]byte{accountKeyField: keyPEM},

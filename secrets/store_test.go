@@ -42,7 +42,7 @@ func built(t *testing.T, hosts ...string) *corev1.Secret {
 	t.Helper()
 	now := time.Now()
 	tc := newTestCert(t, core.ECDSAP256, hosts, now, now.Add(24*time.Hour))
-	sec, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", "")
+	sec, err := Build("ns", "web-tls", core.Certificate{ChainPEM: tc.chainPEM, Key: tc.key, Directory: "https://ca.example/dir"}, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func ownedSecret() *corev1.Secret {
 			Namespace:   "ns",
 			Name:        "web-tls",
 			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy, "team": "web"},
-			Annotations: map[string]string{"note": "keep me", AnnotationHosts: "old.example.com"},
+			Annotations: map[string]string{"note": "keep me", core.AnnotationHosts: "old.example.com"},
 		},
 		Type: corev1.SecretTypeTLS,
 		Data: map[string][]byte{corev1.TLSCertKey: []byte("old"), corev1.TLSPrivateKeyKey: []byte("old")},
@@ -173,12 +173,12 @@ func TestStorePut(t *testing.T) {
 				t.Fatal(err)
 			}
 			if !tt.wantOurs {
-				if !bytes.Equal(stored.Data[corev1.TLSCertKey], []byte("theirs")) || Owned(stored) {
+				if !bytes.Equal(stored.Data[corev1.TLSCertKey], []byte("theirs")) || owned(stored) {
 					t.Errorf("got the foreign Secret changed to %v, want it untouched", stored)
 				}
 				return
 			}
-			if !Owned(stored) {
+			if !owned(stored) {
 				t.Errorf("got labels %v, want ours", stored.Labels)
 			}
 			if stored.Type != corev1.SecretTypeTLS {
@@ -189,7 +189,7 @@ func TestStorePut(t *testing.T) {
 					t.Errorf("%s: got %q, want desired's", k, stored.Data[k])
 				}
 			}
-			if got := stored.Annotations[AnnotationHosts]; got != "new.example.com" {
+			if got := stored.Annotations[core.AnnotationHosts]; got != "new.example.com" {
 				t.Errorf("got hosts annotation %q, want %q", got, "new.example.com")
 			}
 			for k, want := range tt.wantKept {
@@ -255,14 +255,14 @@ func TestStoreWriteReadNewKey(t *testing.T) {
 
 	now := time.Now()
 	tc := newTestCert(t, core.ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
-	if err := s.Write(ctx, nil, "ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", ""); err != nil {
+	if err := writeCert(ctx, s, "ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", ""); err != nil {
 		t.Fatal(err)
 	}
 	sec, err := s.Get(ctx, "ns", "web-tls")
 	if err != nil || sec == nil {
 		t.Fatalf("got %v, %v, want the written Secret", sec, err)
 	}
-	leaf, kt, dir, err := s.Read(sec)
+	leaf, kt, dir, err := read(s, sec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,13 +270,13 @@ func TestStoreWriteReadNewKey(t *testing.T) {
 		t.Errorf("got %v %q %q, want the written certificate, ecdsa-p256, the directory", leaf.DNSNames, kt, dir)
 	}
 
-	if err := s.Write(ctx, nil, "ns", "other-tls", tc.chainPEM, key, "", ""); err == nil {
+	if err := writeCert(ctx, s, "ns", "other-tls", tc.chainPEM, key, "", ""); err == nil {
 		t.Errorf("got no error writing a chain with the wrong key, want one")
 	}
 	if sec, _ := s.Get(ctx, "ns", "other-tls"); sec != nil {
 		t.Errorf("got Secret %v written despite the error, want none", sec.Name)
 	}
-	if _, _, _, err := s.Read(&corev1.Secret{}); err == nil {
+	if _, _, _, err := read(s, &corev1.Secret{}); err == nil {
 		t.Errorf("got no error reading an empty Secret, want one")
 	}
 }
@@ -331,7 +331,7 @@ func TestAccountKeysLoadOrCreate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("got %v, want the account Secret stored", err)
 	}
-	if !Owned(sec) || sec.Annotations[AnnotationDirectory] != dirA {
+	if !owned(sec) || sec.Annotations[core.AnnotationDirectory] != dirA {
 		t.Errorf("got labels %v annotations %v, want ours and the directory", sec.Labels, sec.Annotations)
 	}
 	if stored, err := DecodeKey(sec.Data["key.pem"]); err != nil || !sameKey(stored, keyA) {
@@ -375,7 +375,7 @@ func TestAccountKeysLoadOrCreateRace(t *testing.T) {
 			Namespace:   "ingress-acme",
 			Name:        AccountSecretName(dir),
 			Labels:      map[string]string{core.LabelManagedBy: core.ManagedBy},
-			Annotations: map[string]string{AnnotationDirectory: dir},
+			Annotations: map[string]string{core.AnnotationDirectory: dir},
 		},
 		Data: map[string][]byte{"key.pem": theirPEM},
 	}
@@ -410,7 +410,7 @@ func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace:   "ingress-acme",
 				Name:        AccountSecretName(dir),
-				Annotations: map[string]string{AnnotationDirectory: "https://other.example/dir"},
+				Annotations: map[string]string{core.AnnotationDirectory: "https://other.example/dir"},
 			},
 			Data: map[string][]byte{"key.pem": []byte("k")},
 		})
@@ -428,7 +428,7 @@ func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace:   "ingress-acme",
 				Name:        AccountSecretName(dir),
-				Annotations: map[string]string{AnnotationDirectory: dir},
+				Annotations: map[string]string{core.AnnotationDirectory: dir},
 			},
 		})
 		var called bool
@@ -442,7 +442,7 @@ func TestAccountKeysLoadOrCreateErrors(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{
 				Namespace:   "ingress-acme",
 				Name:        AccountSecretName(dir),
-				Annotations: map[string]string{AnnotationDirectory: dir},
+				Annotations: map[string]string{core.AnnotationDirectory: dir},
 			},
 			Data: map[string][]byte{"key.pem": []byte(secret)},
 		})
@@ -517,7 +517,7 @@ func TestStatesRoundTrip(t *testing.T) {
 func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
 	now := time.Now()
 	tc := newTestCert(t, core.RSA2048, []string{"a.example.com"}, now, now.Add(time.Hour))
-	full, err := Build("ns", "web-tls", tc.chainPEM, tc.key, "https://ca.example/dir", "")
+	full, err := Build("ns", "web-tls", core.Certificate{ChainPEM: tc.chainPEM, Key: tc.key, Directory: "https://ca.example/dir"}, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,7 +535,7 @@ func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
 	if got := sum.Annotations["example.com/foreign"]; got != "kept" {
 		t.Errorf("summary's foreign annotation: got %q, want it kept (Put keeps it when it writes)", got)
 	}
-	if _, has := full.Annotations[AnnotationHosts]; !has {
+	if _, has := full.Annotations[core.AnnotationHosts]; !has {
 		t.Error("Summarize changed the Secret it was given")
 	}
 	if _, has := sum.Data[corev1.TLSPrivateKeyKey]; has {
@@ -545,7 +545,7 @@ func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
 		t.Errorf("summary keeps %d Data entries, %d bytes of summary, want one short one", len(sum.Data), len(sum.Data[summaryKey]))
 	}
 	s := NewStore(fake.NewClientset())
-	leaf, kt, dir, err := s.Read(sum)
+	leaf, kt, dir, err := read(s, sum)
 	if err != nil || !sameSummaryFields(leaf, tc.leaf) || kt != core.RSA2048 || dir != "https://ca.example/dir" {
 		t.Errorf("read of summary: got %v %q %q %v, want the leaf's fields, rsa-2048, the directory", leaf, kt, dir, err)
 	}
@@ -553,16 +553,16 @@ func TestSummarizeKeepsWhatReadNeeds(t *testing.T) {
 	broken := full.DeepCopy()
 	broken.Data[corev1.TLSPrivateKeyKey] = []byte("junk")
 	obj, _ = Summarize(broken)
-	_, _, _, fullErr := s.Read(broken)
-	if _, _, _, err := s.Read(obj.(*corev1.Secret)); err == nil || fullErr == nil || err.Error() != fullErr.Error() {
+	_, _, _, fullErr := read(s, broken)
+	if _, _, _, err := read(s, obj.(*corev1.Secret)); err == nil || fullErr == nil || err.Error() != fullErr.Error() {
 		t.Errorf("read of a broken summary: got %v, want the full read's error %v", err, fullErr)
 	}
 	// Idempotent: streaming lists transform an object twice (reflector, then
 	// the informer's queue); a summary summarized again stays the same.
 	for _, once := range []*corev1.Secret{sum, obj.(*corev1.Secret)} {
 		twice, _ := Summarize(once)
-		_, _, _, err1 := s.Read(once)
-		_, _, _, err2 := s.Read(twice.(*corev1.Secret))
+		_, _, _, err1 := read(s, once)
+		_, _, _, err2 := read(s, twice.(*corev1.Secret))
 		if !equality.Semantic.DeepEqual(twice, once) || fmt.Sprint(err1) != fmt.Sprint(err2) {
 			t.Errorf("summarized twice: got %v (read: %v), want it as summarized once (read: %v)", twice.(*corev1.Secret).Data, err2, err1)
 		}
@@ -597,4 +597,20 @@ func TestLeafSummaryRoundTrip(t *testing.T) {
 			t.Errorf("parseLeafSummary(%q): got nil error", bad)
 		}
 	}
+}
+
+// owned is core.Owned of a Secret that may be nil.
+func owned(s *corev1.Secret) bool { return s != nil && core.Owned(s.Labels) }
+
+// writeCert is Store.Write of chainPEM and key as a request for namespace/name.
+func writeCert(ctx context.Context, s *Store, namespace, name string, chainPEM []byte, key crypto.Signer, directory, profile string) error {
+	_, err := s.Write(ctx, nil, core.Request{Namespace: namespace, Secret: name, Options: core.Options{Profile: profile}},
+		core.Certificate{ChainPEM: chainPEM, Key: key, Directory: directory})
+	return err
+}
+
+// read is Store.Read's leaf, key type and directory.
+func read(s *Store, sec *corev1.Secret) (*x509.Certificate, core.KeyType, string, error) {
+	st, err := s.Read(sec)
+	return st.Leaf, st.KeyType, st.Directory, err
 }

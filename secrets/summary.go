@@ -86,7 +86,7 @@ func parseLeafSummary(sum string) (core.KeyType, *x509.Certificate, error) {
 
 // derivedAnnotations are those Build writes from the certificate itself, for
 // people to read: nothing reads them back, and Put writes them anew.
-var derivedAnnotations = []string{AnnotationHosts, AnnotationNotAfter, AnnotationSerial, core.AnnotationKeyType}
+var derivedAnnotations = []string{core.AnnotationHosts, core.AnnotationNotAfter, core.AnnotationSerial, core.AnnotationKeyType}
 
 // withoutDerived returns a copy of annotations less derivedAnnotations.
 func withoutDerived(annotations map[string]string) map[string]string {

@@ -83,13 +83,6 @@ func (s *Server) Remove(token string) {
 	delete(s.tokens, token)
 }
 
-// Live returns how many tokens are being answered.
-func (s *Server) Live() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.tokens)
-}
-
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {

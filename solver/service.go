@@ -103,7 +103,7 @@ func (s *Services) ensureService(ctx context.Context, namespace string) error {
 	if err != nil {
 		return fmt.Errorf("get service %s/%s: %w", namespace, s.name, err)
 	}
-	if svc.Labels[core.LabelManagedBy] != core.ManagedBy {
+	if !core.Owned(svc.Labels) {
 		return fmt.Errorf("service %s/%s exists and is not managed by ingress-acme", namespace, s.name)
 	}
 	if len(svc.Spec.Selector) == 0 && slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool {
@@ -167,6 +167,8 @@ func (s *Services) ensureSlice(ctx context.Context, namespace string) error {
 	if err != nil {
 		return fmt.Errorf("get endpointslice %s/%s: %w", namespace, s.name, err)
 	}
+	// Slices are judged by Kubernetes' own label for who manages them, which
+	// the EndpointSlice controllers respect too.
 	if cur.Labels[discoveryv1.LabelManagedBy] != core.ManagedBy {
 		return fmt.Errorf("endpointslice %s/%s exists and is not managed by ingress-acme", namespace, s.name)
 	}

@@ -1,7 +1,8 @@
-// Package watcher is the controller loop of ingress-acme: informers on Ingresses
-// and on our own Secrets feed a rate-limited work queue of certificates
-// (namespace/secretName), and sync drives each one through order, challenge,
-// storage and clean-up, idempotently, through the small interfaces declared here.
+// Package watcher is ingress-acme's engine: sources turn the objects that ask
+// for certificates into requests (core.Request), and the engine drives each
+// certificate (namespace/secretName, the work queue key) through decide, order,
+// challenge, storage, write-back and renewal, idempotently, through the small
+// interfaces of plugs.go. It knows no kind of object but its own Secrets.
 package watcher
 
 import (
@@ -9,48 +10,43 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
-	"github.com/ingress-acme/ingress-acme/metrics"
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
-// Config is what a Controller needs. Every interface field is required.
+// Config is what a Controller needs. Client, Sources, Solvers, Issuers (with
+// DefaultIssuer among them), Secrets and Metrics are required.
 type Config struct {
-	Client     kubernetes.Interface
-	Namespace  string // watch only this namespace; "" for all
-	Issuer     Issuer
-	Secrets    Secrets
-	Challenges ChallengeServer
-	Solver     SolverService
-	SelfCheck  SelfChecker
-	Metrics    *metrics.Metrics
-	Logger     *slog.Logger
+	Client    kubernetes.Interface
+	Namespace string // watch only this namespace; "" for all
+	// Sources ask for certificates; a key asked for by two is refused.
+	Sources []Source
+	// Solvers present challenges: the first that Solves a request does.
+	Solvers []Solver
+	// Issuers by name; a request names one, or gets DefaultIssuer.
+	Issuers       map[string]Issuer
+	DefaultIssuer string
+	// Outputs run after a certificate is stored, in this order.
+	Outputs []Output
+	Secrets Secrets
+	Metrics Metrics
+	Logger  *slog.Logger
+	// Informers are the sources' and solvers' informer factories: started with
+	// the engine's own (or by Follow), waited for, and stopped when Run returns.
+	Informers []informers.SharedInformerFactory
 
-	// SecretSelector selects the Secrets we own (label selector syntax).
-	SecretSelector string
-	// SecretTransform, if set, turns each Secret into what the cache keeps of
-	// it (say, only what Secrets.Read needs); Read must understand the result.
-	SecretTransform cache.TransformFunc
-	// DefaultProfile is the CA profile ordered when an Ingress names none; ""
+	// DefaultProfile is the CA profile ordered when a request names none; ""
 	// leaves it to the CA.
 	DefaultProfile string
 	Workers        int
@@ -64,87 +60,100 @@ type Config struct {
 	MaxOrdersInFlight int
 	// RetryBase and RetryMax bound the exponential backoff after a failure.
 	RetryBase, RetryMax time.Duration
-	// Settle delays the sync an Ingress change brings, so that Ingresses applied
-	// together (say, two naming one Secret) are seen together and share one order.
+	// Settle delays the sync a source's change brings, so that objects applied
+	// together (say, two Ingresses naming one Secret) are seen together and
+	// share one order.
 	Settle time.Duration
-	// Resync is the informers' resync period; 0: none.
+	// Resync is the Secret informer's resync period; 0: none.
 	Resync time.Duration
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
 	// States keeps each certificate's failures, backoff and recent orders
 	// across restarts and failovers; nil: in memory only.
 	States StateStore
-	// Fault, if set, is called at each step of an order named by the
-	// core.Fault* constants; tests make it crash the process there.
-	Fault func(point string)
+	// AtStep, if set, is called each time an order passes a Step.
+	AtStep func(Step)
 }
 
 // Controller reconciles certificates. Create it with New and start it with Run.
 type Controller struct {
-	cfg      Config
-	log      *slog.Logger
-	now      func() time.Time
-	selector labels.Selector
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
 
-	ingresses     networkinglisters.IngressLister
-	ingIndexer    cache.Indexer
-	secretLister  corelisters.SecretLister
-	ingressEvents *changes // fires when the Ingress cache changes an object
-	synced        []cache.InformerSynced
-	factories     []informers.SharedInformerFactory
-	queue         workqueue.TypedDelayingInterface[string]
-	recorder      record.EventRecorder
-	broadcaster   record.EventBroadcaster
-	flights       *flights      // orders in flight, run outside the workers
-	unjournalled  chan struct{} // a slot per order between placing and journalling it (see placeAndPresent)
-	presenter     presenter
+	secretLister corelisters.SecretLister
+	synced       []cache.InformerSynced // every handler has seen its informer's initial list
+	factories    []informers.SharedInformerFactory
+	queue        workqueue.TypedDelayingInterface[string]
+	flights      *flights      // orders in flight, run outside the workers
+	unjournalled chan struct{} // a slot per order between placing and journalling it (see placeAndPresent)
 
-	// mu guards the state and uncovered maps, ready and started. A certState itself is only touched by
-	// the worker holding its key, which the queue gives to one worker at a time.
-	mu        sync.Mutex
-	state     map[string]*certState // by key
-	uncovered map[string]string     // Ingress (namespace/name) -> its hosts without TLS, as last reported
-	ready     bool
-	started   bool // the informers
+	// mu guards the state map, ready and started. A certState itself is only
+	// touched by the worker holding its key, which the queue gives to one
+	// worker at a time.
+	mu      sync.Mutex
+	state   map[string]*certState // by key
+	ready   bool
+	started bool // the informers
 }
 
-const (
-	indexCert    = "cert"
-	indexJournal = "journal"
-)
-
-// maxUnjournalled bounds the orders placed but not yet journalled on their
-// Ingress. A crash in that window loses the order: ACME has no idempotency
+// maxUnjournalled bounds the orders placed but not yet journalled by their
+// solver. A crash in that window loses the order: ACME has no idempotency
 // key, and a CA need not list an account's orders, so the next process cannot
 // find it and orders again. The bound caps what one crash costs, whatever
 // --max-orders-in-flight is; the window is an authorization fetch and one
 // Update long, so it costs no throughput worth measuring.
 const maxUnjournalled = 16
 
-// New wires the informers and the queue; nothing runs until Run.
+// New wires the informers, the sources, the solvers and the queue; nothing
+// runs until Run.
 func New(cfg Config) (*Controller, error) {
-	if cfg.Client == nil || cfg.Issuer == nil || cfg.Secrets == nil || cfg.Challenges == nil || cfg.Solver == nil || cfg.SelfCheck == nil || cfg.Metrics == nil {
-		return nil, errors.New("watcher: incomplete config")
-	}
-	selector, err := labels.Parse(cfg.SecretSelector)
-	if err != nil || selector.Empty() {
-		return nil, fmt.Errorf("watcher: secret selector %q: must select our Secrets", cfg.SecretSelector)
+	if err := complete(cfg); err != nil {
+		return nil, err
 	}
 	cfg = withDefaults(cfg)
-	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, selector: selector, state: map[string]*certState{}, uncovered: map[string]string{}, ingressEvents: newChanges()}
-	c.presenter = &ingressPresenter{c: c}
+	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, state: map[string]*certState{}}
 	c.queue = workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[string]{
 		Name: "certificates", MetricsProvider: cfg.Metrics.Workqueue(),
 	})
 	c.flights = newFlights(cfg.MaxOrdersInFlight, c.queue.Add)
 	c.unjournalled = make(chan struct{}, maxUnjournalled)
-
-	if err := c.watch(); err != nil {
+	settled := func(key string) {
+		// A key already waiting keeps its earlier time: a burst of changes
+		// settles once, from its first change.
+		c.queue.AddAfter(key, c.cfg.Settle)
+	}
+	watchers := make([]func(func(string)) (cache.InformerSynced, error), 0, len(cfg.Sources)+len(cfg.Solvers))
+	for _, s := range cfg.Sources {
+		watchers = append(watchers, s.Watch)
+	}
+	for _, s := range cfg.Solvers {
+		watchers = append(watchers, s.Watch)
+	}
+	for _, watch := range watchers {
+		synced, err := watch(settled)
+		if err != nil {
+			return nil, err
+		}
+		c.synced = append(c.synced, synced)
+	}
+	if err := c.watchSecrets(); err != nil {
 		return nil, err
 	}
-	c.broadcaster = record.NewBroadcaster(record.WithContext(context.Background()))
-	c.recorder = c.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ingress-acme"})
 	return c, nil
+}
+
+// complete says what cfg lacks, nil when nothing.
+func complete(cfg Config) error {
+	switch {
+	case cfg.Client == nil || cfg.Secrets == nil || cfg.Metrics == nil:
+		return errors.New("watcher: incomplete config")
+	case len(cfg.Sources) == 0 || len(cfg.Solvers) == 0:
+		return errors.New("watcher: no source or no solver")
+	case cfg.Issuers[cfg.DefaultIssuer] == nil:
+		return fmt.Errorf("watcher: default issuer %q: no such issuer", cfg.DefaultIssuer)
+	}
+	return nil
 }
 
 // withDefaults fills in what cfg leaves unset.
@@ -155,8 +164,8 @@ func withDefaults(cfg Config) Config {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.Fault == nil {
-		cfg.Fault = func(string) {}
+	if cfg.AtStep == nil {
+		cfg.AtStep = func(Step) {}
 	}
 	cfg.Workers = max(cfg.Workers, 1)
 	if cfg.MaxOrdersPerHour <= 0 {
@@ -174,35 +183,15 @@ func withDefaults(cfg Config) Config {
 	return cfg
 }
 
-// watch sets up the informers: Ingresses, indexed by the certificates they ask
-// for and journal, and our own Secrets, selected by label.
-func (c *Controller) watch() error {
+// watchSecrets sets up the informer on our own Secrets, selected by label and
+// summarized by Secrets.Summarize, beside the sources' and solvers' informers.
+func (c *Controller) watchSecrets() error {
 	cfg := c.cfg
-	ingFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithNamespace(cfg.Namespace))
 	secFactory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync, informers.WithNamespace(cfg.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = cfg.SecretSelector }))
-	ingInformer := ingFactory.Networking().V1().Ingresses()
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = core.Selector }))
 	secInformer := secFactory.Core().V1().Secrets()
-	if err := ingInformer.Informer().SetTransform(dropManagedFields); err != nil {
-		return fmt.Errorf("watcher: ingress transform: %w", err)
-	}
-	if err := ingInformer.Informer().AddIndexers(cache.Indexers{
-		indexCert:    func(obj any) ([]string, error) { return certKeys(obj.(*networkingv1.Ingress)), nil },
-		indexJournal: func(obj any) ([]string, error) { return journalKeys(obj.(*networkingv1.Ingress)), nil },
-	}); err != nil {
-		return fmt.Errorf("watcher: indexers: %w", err)
-	}
-	if _, err := ingInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { c.ingressChanged(nil, obj) },
-		UpdateFunc: c.ingressChanged,
-		DeleteFunc: c.ingressDeleted,
-	}); err != nil {
-		return err
-	}
-	if cfg.SecretTransform != nil {
-		if err := secInformer.Informer().SetTransform(cfg.SecretTransform); err != nil {
-			return fmt.Errorf("watcher: secret transform: %w", err)
-		}
+	if err := secInformer.Informer().SetTransform(cfg.Secrets.Summarize); err != nil {
+		return fmt.Errorf("watcher: secret transform: %w", err)
 	}
 	if _, err := secInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueueSecret(nil, obj) },
@@ -211,24 +200,10 @@ func (c *Controller) watch() error {
 	}); err != nil {
 		return err
 	}
-	c.ingresses = ingInformer.Lister()
-	c.ingIndexer = ingInformer.Informer().GetIndexer()
 	c.secretLister = secInformer.Lister()
-	c.synced = []cache.InformerSynced{ingInformer.Informer().HasSynced, secInformer.Informer().HasSynced}
-	c.factories = []informers.SharedInformerFactory{ingFactory, secFactory}
+	c.synced = append(c.synced, secInformer.Informer().HasSynced)
+	c.factories = append(append(c.factories, cfg.Informers...), secFactory)
 	return nil
-}
-
-// dropManagedFields is the Ingress informer's transform: nothing here reads
-// managed fields, and they are often the larger part of an Ingress. Updates
-// made from a cached Ingress send none, which the API server takes as "leave
-// them as they are". It changes the object in place, as client-go allows of a
-// transform, and is idempotent.
-func dropManagedFields(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
-	}
-	return obj, nil
 }
 
 // Run starts the informers, waits for their caches, and runs the workers until
@@ -236,8 +211,6 @@ func dropManagedFields(obj any) (any, error) {
 // returns an error only when the caches cannot sync.
 func (c *Controller) Run(ctx context.Context) error {
 	defer utilruntime.HandleCrash()
-	c.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
-	defer c.broadcaster.Shutdown()
 	defer c.queue.ShutDown()
 	if c.start(ctx) {
 		defer func() {
@@ -271,8 +244,8 @@ func (c *Controller) Run(ctx context.Context) error {
 }
 
 // Follow starts the informers until ctx ends, for a replica that does not
-// lead (yet): it answers the challenges journalled on Ingresses (see answer),
-// and its caches are warm when it takes over. Run, called later with a shorter
+// lead (yet): its solvers answer the challenges the leader journals, and its
+// caches are warm when it takes over. Run, called later with a shorter
 // context, uses these informers instead of starting its own.
 func (c *Controller) Follow(ctx context.Context) {
 	c.start(ctx)
@@ -309,67 +282,6 @@ func (c *Controller) Ready() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.ready
-}
-
-// ingressChanged answers the tokens obj journals (see answer) and queues what
-// it and old ask for (see queueFor).
-func (c *Controller) ingressChanged(old, obj any) {
-	ing, ok := asIngress(obj)
-	if !ok {
-		return
-	}
-	prev, _ := asIngress(old)
-	c.answer(prev, ing)
-	c.queueFor(prev, ing)
-}
-
-// ingressDeleted stops answering the deleted Ingress's tokens, queues what it
-// asked for and drops what is recorded about it alone.
-func (c *Controller) ingressDeleted(obj any) {
-	ing, ok := asIngress(obj)
-	if !ok {
-		return
-	}
-	c.answer(ing, nil)
-	c.queueFor(nil, ing)
-	c.mu.Lock()
-	delete(c.uncovered, ing.Namespace+"/"+ing.Name)
-	c.mu.Unlock()
-	c.cfg.Metrics.SetHostsWithoutTLS(ing.Namespace, ing.Name, nil)
-}
-
-// queueFor wakes whoever waits for the Ingress cache (see changes), then queues
-// the certificates prev (nil for none) and ing ask for or have challenge paths
-// for. Resyncs (same resourceVersion) queue nothing.
-func (c *Controller) queueFor(prev, ing *networkingv1.Ingress) {
-	c.ingressEvents.fire(ing.Namespace + "/" + ing.Name)
-	var keys []string
-	if prev != nil {
-		if prev.ResourceVersion == ing.ResourceVersion || sameForUs(prev, ing) {
-			return
-		}
-		keys = append(append(keys, certKeys(prev)...), journalKeys(prev)...)
-	}
-	keys = append(append(keys, certKeys(ing)...), journalKeys(ing)...)
-	for _, k := range keys {
-		// A key already waiting keeps its earlier time: a burst of changes
-		// settles once, from its first change.
-		c.queue.AddAfter(k, c.cfg.Settle)
-	}
-}
-
-// sameForUs reports whether an update changed nothing sync reads: a status
-// update by the ingress controller, a label, managed fields.
-func sameForUs(a, b *networkingv1.Ingress) bool {
-	return maps.Equal(a.Annotations, b.Annotations) && equality.Semantic.DeepEqual(a.Spec, b.Spec)
-}
-
-func asIngress(obj any) (*networkingv1.Ingress, bool) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	ing, ok := obj.(*networkingv1.Ingress)
-	return ing, ok
 }
 
 // enqueueSecret queues the certificate a Secret of ours holds.

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"math/rand/v2"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -17,19 +16,22 @@ import (
 type reason int
 
 const (
-	reasonNone      reason = iota
-	reasonMissing          // no certificate yet
-	reasonUnusable         // the Secret holds no usable certificate
-	reasonHosts            // the certificate does not cover the hosts asked for
-	reasonKeyType          // another key type is asked for
-	reasonDirectory        // another CA is configured
-	reasonProfile          // another CA profile is asked for
-	reasonRenewal          // the certificate is due for renewal
+	reasonNone       reason = iota
+	reasonMissing           // no certificate yet
+	reasonUnusable          // the Secret holds no usable certificate
+	reasonHosts             // the certificate does not cover the hosts asked for
+	reasonKeyType           // another key type is asked for
+	reasonDirectory         // the issuer asked for has another identity (say, another ACME directory)
+	reasonProfile           // another CA profile is asked for
+	reasonRenewal           // the certificate is due for renewal
+	reasonIssuer            // another issuer is asked for
+	reasonSecretKeys        // other Secret keys are asked for: no order, the Secret is rewritten
 )
 
 func (r reason) String() string {
 	return [...]string{"up to date", "no certificate yet", "the Secret holds no usable certificate",
-		"hosts changed", "key type changed", "ACME directory changed", "profile changed", "renewal due"}[r]
+		"hosts changed", "key type changed", "ACME directory changed", "profile changed", "renewal due",
+		"issuer changed", "Secret keys changed"}[r]
 }
 
 // decision is step 1 of README's "How it works": whether, and why, to order.
@@ -48,37 +50,48 @@ func (d decision) message() string {
 	return d.why.String()
 }
 
-// decide judges the certificate in sec (nil: none) against d.
-func (c *Controller) decide(ctx context.Context, st *certState, d desired, sec *corev1.Secret) decision {
+// decide judges the certificate in sec (nil: none) against w.
+func (c *Controller) decide(ctx context.Context, st *certState, w wanted, sec *corev1.Secret) decision {
 	if sec == nil {
 		return decision{why: reasonMissing}
 	}
-	leaf, keyType, dir, err := c.cfg.Secrets.Read(sec)
-	switch {
-	case err != nil:
+	stored, err := c.cfg.Secrets.Read(sec)
+	if err != nil {
 		return decision{why: reasonUnusable, detail: err.Error()}
-	case !sameHosts(leaf.DNSNames, d.hosts):
-		return decision{why: reasonHosts, leaf: leaf}
-	case keyType != d.options.keyType:
-		return decision{why: reasonKeyType, leaf: leaf}
-	case dir != c.cfg.Issuer.DirectoryURL():
-		return decision{why: reasonDirectory, leaf: leaf}
-	case profileChanged(sec, d.options.profile):
-		return decision{why: reasonProfile, leaf: leaf}
 	}
-	at := c.renewAt(ctx, st, leaf)
-	if c.now().Before(at) {
-		return decision{leaf: leaf, renewAt: at}
+	if why := c.differs(w, stored); why != reasonNone {
+		return decision{why: why, leaf: stored.Leaf}
 	}
-	return decision{why: reasonRenewal, leaf: leaf, renewAt: at}
+	at := c.renewAt(ctx, st, w.issuer, stored.Leaf)
+	switch {
+	case !c.now().Before(at):
+		return decision{why: reasonRenewal, leaf: stored.Leaf, renewAt: at}
+	case stored.SecretKeys != w.req.Options.SecretKeys:
+		return decision{why: reasonSecretKeys, leaf: stored.Leaf, renewAt: at}
+	}
+	return decision{leaf: stored.Leaf, renewAt: at}
 }
 
-// profileChanged reports whether sec records a profile other than profile. A
-// Secret that records none (stored before profiles were recorded) is taken as
-// it is: no re-issue of every certificate on an upgrade.
-func profileChanged(sec *corev1.Secret, profile string) bool {
-	recorded, ok := sec.Annotations[core.AnnotationProfile]
-	return ok && recorded != profile
+// differs says what of w the stored certificate lacks that needs a new one.
+// The issuer is judged by the one asked of, never by which CA signed (a
+// fallback may have). A Secret that records no issuer name or no profile
+// (stored before they were recorded) is taken as it is: no re-issue of every
+// certificate on an upgrade.
+func (c *Controller) differs(w wanted, stored core.Stored) reason {
+	o := w.req.Options
+	switch {
+	case !core.SameHosts(stored.Leaf.DNSNames, w.req.Hosts):
+		return reasonHosts
+	case stored.KeyType != o.KeyType:
+		return reasonKeyType
+	case stored.Issuer != o.Issuer && (stored.Issuer != "" || o.Issuer != c.cfg.DefaultIssuer):
+		return reasonIssuer
+	case stored.Directory != w.issuer.Identity():
+		return reasonDirectory
+	case stored.ProfileRecorded && stored.Profile != o.Profile:
+		return reasonProfile
+	}
+	return reasonNone
 }
 
 // replacedMomentsAgo reports whether leaf is not the certificate this process
@@ -101,7 +114,7 @@ func (st *certState) replacedMomentsAgo(leaf *x509.Certificate) bool {
 // certificate that is not due by the fallback (so a restart with many
 // certificates makes no burst of requests; one this process just issued waits
 // longer), then whenever it says to (its Retry-After), at most every ariRecheck.
-func (c *Controller) renewAt(ctx context.Context, st *certState, leaf *x509.Certificate) time.Time {
+func (c *Controller) renewAt(ctx context.Context, st *certState, issuer Issuer, leaf *x509.Certificate) time.Time {
 	now := c.now()
 	serial := leaf.SerialNumber.String()
 	if st.serial == serial && now.Before(st.recheck) {
@@ -118,7 +131,7 @@ func (c *Controller) renewAt(ctx context.Context, st *certState, leaf *x509.Cert
 		return fallback
 	}
 	at, recheck := fallback, now.Add(ariRecheck)
-	w, err := c.cfg.Issuer.RenewalWindow(ctx, leaf)
+	w, err := issuer.RenewalWindow(ctx, leaf)
 	var ra *core.RetryAfterError
 	switch {
 	case errors.As(err, &ra):
@@ -182,9 +195,4 @@ func earlier(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// fingerprint identifies what d asks for, to tell when it changes.
-func fingerprint(d desired) string {
-	return strings.Join(d.hosts, ",") + "|" + string(d.options.keyType) + "|" + string(d.options.pathType) + "|" + d.options.profile
 }

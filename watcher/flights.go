@@ -89,13 +89,6 @@ func (f *flights) release(key string) {
 	}
 }
 
-// waitingCount is how many certificates wait for a slot.
-func (f *flights) waitingCount() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.waiting)
-}
-
 // wait returns once every order has finished.
 func (f *flights) wait() { f.wg.Wait() }
 

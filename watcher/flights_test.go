@@ -29,7 +29,10 @@ func TestFlightsServeMostUrgentFirst(t *testing.T) {
 			t.Fatalf("%s: started with every slot taken", w.key)
 		}
 	}
-	if got := f.waitingCount(); got != 4 {
+	f.mu.Lock()
+	got := len(f.waiting)
+	f.mu.Unlock()
+	if got != 4 {
 		t.Fatalf("waiting: got %d, want 4", got)
 	}
 	close(release)

@@ -12,6 +12,8 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // fakeStates keeps records in memory, shared between controllers as the API is.
@@ -90,10 +92,11 @@ func TestSyncNeverJudgesACertificateReplacedMomentsAgo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cached, _, _, err := f.c.cfg.Secrets.Read(sec)
+	stored, err := f.c.cfg.Secrets.Read(sec)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cached := stored.Leaf
 	// As if this process had just stored a newer certificate the cache does
 	// not hold yet, and the cached one were due. Certificates carry whole
 	// seconds: two issued within one second have the same NotBefore (an
@@ -154,7 +157,7 @@ func TestAddedSpecTLSFollowsRuleHosts(t *testing.T) {
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.issuer.count(); got != 2 || !sameHosts(tlsHosts(), []string{"a.test", "b.test"}) {
+	if got := f.issuer.count(); got != 2 || !core.SameHosts(tlsHosts(), []string{"a.test", "b.test"}) {
 		t.Errorf("host added: orders %d, spec.tls hosts %v; want 2 and both hosts", got, tlsHosts())
 	}
 	// A host removed: re-issued without it.
@@ -162,7 +165,7 @@ func TestAddedSpecTLSFollowsRuleHosts(t *testing.T) {
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.issuer.count(); got != 3 || !sameHosts(tlsHosts(), []string{"a.test"}) {
+	if got := f.issuer.count(); got != 3 || !core.SameHosts(tlsHosts(), []string{"a.test"}) {
 		t.Errorf("host removed: orders %d, spec.tls hosts %v; want 3 and a.test only", got, tlsHosts())
 	}
 	// The user edits the entry: it is theirs from then on.
@@ -174,8 +177,8 @@ func TestAddedSpecTLSFollowsRuleHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
-	if _, ok := ing.Annotations[AnnotationManagedTLS]; ok || !sameHosts(tlsHosts(), []string{"a.test", "c.test"}) {
-		t.Errorf("user took over: annotation %q, hosts %v; want no record and the user's hosts", ing.Annotations[AnnotationManagedTLS], tlsHosts())
+	if _, ok := ing.Annotations[core.AnnotationManagedTLS]; ok || !core.SameHosts(tlsHosts(), []string{"a.test", "c.test"}) {
+		t.Errorf("user took over: annotation %q, hosts %v; want no record and the user's hosts", ing.Annotations[core.AnnotationManagedTLS], tlsHosts())
 	}
 	evs := strings.Join(f.events(), "\n")
 	if strings.Contains(evs, `covers "b.test"`) {
@@ -195,16 +198,16 @@ func TestProfileChangeReissues(t *testing.T) {
 	}
 	// A Secret stored before profiles were recorded is taken as it is.
 	sec, _ := f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
-	delete(sec.Annotations, AnnotationProfile)
+	delete(sec.Annotations, core.AnnotationProfile)
 	if _, err := f.client.CoreV1().Secrets("ns").Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
-	ing.Annotations = map[string]string{AnnotationTLSACME: "true", AnnotationProfile: "shortlived"}
+	ing.Annotations = map[string]string{core.AnnotationTLSACME: "true", core.AnnotationProfile: "shortlived"}
 	if _, err := f.client.NetworkingV1().Ingresses("ns").Update(context.Background(), ing, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitSecretCached(t, f, func(s map[string]string) bool { _, has := s[AnnotationProfile]; return !has })
+	waitSecretCached(t, f, func(s map[string]string) bool { _, has := s[core.AnnotationProfile]; return !has })
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)
 	}
@@ -213,11 +216,11 @@ func TestProfileChangeReissues(t *testing.T) {
 	}
 	// A recorded profile other than the one asked for re-issues.
 	sec, _ = f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
-	sec.Annotations[AnnotationProfile] = ""
+	sec.Annotations[core.AnnotationProfile] = ""
 	if _, err := f.client.CoreV1().Secrets("ns").Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitSecretCached(t, f, func(s map[string]string) bool { _, has := s[AnnotationProfile]; return has })
+	waitSecretCached(t, f, func(s map[string]string) bool { _, has := s[core.AnnotationProfile]; return has })
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +228,7 @@ func TestProfileChangeReissues(t *testing.T) {
 		t.Errorf("orders after the profile changed: got %d, want 2", got)
 	}
 	sec, _ = f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
-	if got := sec.Annotations[AnnotationProfile]; got != "shortlived" {
+	if got := sec.Annotations[core.AnnotationProfile]; got != "shortlived" {
 		t.Errorf("recorded profile: got %q, want shortlived", got)
 	}
 }
@@ -260,7 +263,7 @@ func TestRenewAtKeepsTheFirstHalfUnlessTheWindowIsThere(t *testing.T) {
 			f.issuer.window = func(*x509.Certificate) (time.Time, time.Time, bool) { return tt.start, tt.end, true }
 			for range 50 {
 				st := &certState{serial: "1"} // known: the CA is asked now
-				at := f.c.renewAt(context.Background(), st, leaf)
+				at := f.c.renewAt(context.Background(), st, f.issuer, leaf)
 				if at.Before(tt.lo) || at.After(tt.hi) {
 					t.Fatalf("renewal at %s: want within [%s, %s]", at.Sub(leaf.NotBefore), tt.lo.Sub(leaf.NotBefore), tt.hi.Sub(leaf.NotBefore))
 				}
@@ -287,7 +290,7 @@ func TestRenewAtKeepsAMarginBeforeExpiry(t *testing.T) {
 		end := leaf.NotAfter.Add(-time.Millisecond)
 		f.issuer.window = func(*x509.Certificate) (time.Time, time.Time, bool) { return end.Add(-time.Millisecond), end, true }
 		st := &certState{serial: "1"} // known: the CA is asked now
-		at := f.c.renewAt(context.Background(), st, leaf)
+		at := f.c.renewAt(context.Background(), st, f.issuer, leaf)
 		if want := leaf.NotAfter.Add(-tt.margin); !at.Equal(want) {
 			t.Errorf("lifetime %s, window at its very end: renewal %s before expiry, want %s", tt.lifetime, leaf.NotAfter.Sub(at), tt.margin)
 		}

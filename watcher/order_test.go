@@ -53,7 +53,7 @@ func (o overlapKeys) NewKey(kt core.KeyType) (crypto.Signer, error) {
 func TestNewKeyWhileTheCAValidates(t *testing.T) {
 	f := newFixture(t, ingress("shop", optIn, "a.test"))
 	keyStarted, validating := make(chan struct{}), make(chan struct{})
-	f.c.cfg.Issuer = overlapIssuer{fakeIssuer: f.issuer, keyStarted: keyStarted, validating: validating}
+	f.c.cfg.Issuers[defaultIssuer] = overlapIssuer{fakeIssuer: f.issuer, keyStarted: keyStarted, validating: validating}
 	f.c.cfg.Secrets = overlapKeys{Secrets: f.c.cfg.Secrets, keyStarted: keyStarted, validating: validating}
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)

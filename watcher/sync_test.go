@@ -9,7 +9,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,15 +20,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	networkinglisters "k8s.io/client-go/listers/networking/v1"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/ingress-acme/ingress-acme/core"
 	"github.com/ingress-acme/ingress-acme/metrics"
 	"github.com/ingress-acme/ingress-acme/secrets"
+	ingresssolver "github.com/ingress-acme/ingress-acme/solver/ingress"
+	ingresssource "github.com/ingress-acme/ingress-acme/watcher/ingress"
 )
 
 // fakeIssuer issues self-signed certificates after presenting one challenge
@@ -92,7 +101,7 @@ func (f *fakeIssuer) RenewalWindow(_ context.Context, cert *x509.Certificate) (c
 	return core.RenewalWindow{}, nil
 }
 
-func (f *fakeIssuer) DirectoryURL() string { return "https://ca.test/dir" }
+func (f *fakeIssuer) Identity() string { return "https://ca.test/dir" }
 
 func (f *fakeIssuer) count() int {
 	f.mu.Lock()
@@ -151,24 +160,44 @@ type fixture struct {
 	issuer   *fakeIssuer
 	chals    *fakeChallenges
 	recorder *record.FakeRecorder
+	ings     networkinglisters.IngressLister
 	last     result // of the last sync
 }
 
+// defaultIssuer is the name the fixture gives its issuer.
+const defaultIssuer = "default"
+
+// newFixture is the engine wired as main wires it (the Ingress source, the
+// HTTP-01 solver through Ingresses, the Secret store) on a fake API server,
+// with a fake CA, challenge server, solver Service and self-check.
 func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	t.Helper()
 	client := fake.NewClientset(objs...)
-	f := &fixture{client: client, issuer: &fakeIssuer{t: t, client: client}, chals: &fakeChallenges{live: map[string]string{}}}
+	client.PrependReactor("update", "ingresses", optimisticConcurrency(client))
+	f := &fixture{client: client, issuer: &fakeIssuer{t: t, client: client}, chals: &fakeChallenges{live: map[string]string{}},
+		recorder: record.NewFakeRecorder(100)}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	ingInformer := factory.Networking().V1().Ingresses()
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	src, err := ingresssource.New(ingresssource.Config{Client: client, Informer: ingInformer, Recorder: f.recorder, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	http01, err := ingresssolver.New(ingresssolver.Config{Informer: ingInformer, Ingresses: src, Challenges: f.chals,
+		Service: fakeSolver{}, SelfCheck: fakeSelfCheck{}, Recorder: f.recorder})
+	if err != nil {
+		t.Fatal(err)
+	}
 	c, err := New(Config{
-		Client: client, Issuer: f.issuer, Secrets: secrets.NewStore(client), Challenges: f.chals,
-		Solver: fakeSolver{}, SelfCheck: fakeSelfCheck{}, Metrics: metrics.New(prometheus.NewRegistry(), "test"),
-		SecretSelector: core.Selector, SecretTransform: secrets.Summarize, MaxOrdersPerHour: 3,
+		Client: client, Sources: []Source{src}, Solvers: []Solver{http01},
+		Issuers: map[string]Issuer{defaultIssuer: f.issuer}, DefaultIssuer: defaultIssuer,
+		Informers: []informers.SharedInformerFactory{factory}, Secrets: secrets.NewStore(client),
+		Metrics: m, MaxOrdersPerHour: 3,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.recorder = record.NewFakeRecorder(100)
-	c.recorder = f.recorder
-	f.c = c
+	f.c, f.ings = c, ingInformer.Lister()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	for _, fac := range c.factories {
@@ -178,6 +207,25 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 		fac.WaitForCacheSync(ctx.Done())
 	}
 	return f
+}
+
+// optimisticConcurrency makes the fake API server do what the real one does
+// on an Ingress update: refuse a stale resourceVersion with a conflict, and
+// move it on with each write (which the informers then see).
+func optimisticConcurrency(client *fake.Clientset) k8stesting.ReactionFunc {
+	return func(action k8stesting.Action) (bool, runtime.Object, error) {
+		ing := action.(k8stesting.UpdateAction).GetObject().(*networkingv1.Ingress)
+		cur, err := client.Tracker().Get(action.GetResource(), ing.Namespace, ing.Name)
+		if err != nil {
+			return false, nil, nil // the tracker answers NotFound
+		}
+		rv, _ := strconv.Atoi(cur.(*networkingv1.Ingress).ResourceVersion)
+		if ing.ResourceVersion != strconv.Itoa(rv) {
+			return true, nil, apierrors.NewConflict(action.GetResource().GroupResource(), ing.Name, errors.New("the object has been modified"))
+		}
+		ing.ResourceVersion = strconv.Itoa(rv + 1)
+		return false, nil, nil
+	}
 }
 
 // sync runs one sync of key after the caches have caught up with the API, as
@@ -206,7 +254,7 @@ func (f *fixture) waitCaches(t *testing.T) {
 	for time.Now().Before(deadline) {
 		ings, _ := f.client.NetworkingV1().Ingresses("").List(context.Background(), metav1.ListOptions{})
 		secs, _ := f.client.CoreV1().Secrets("").List(context.Background(), metav1.ListOptions{LabelSelector: core.Selector})
-		cachedIngs, _ := f.c.ingresses.List(labelsEverything())
+		cachedIngs, _ := f.ings.List(labelsEverything())
 		cachedSecs, _ := f.c.secretLister.List(labelsEverything())
 		if sameVersions(ings.Items, cachedIngs) && len(secs.Items) == len(cachedSecs) {
 			return
@@ -228,7 +276,7 @@ func sameVersions(api []networkingv1.Ingress, cached []*networkingv1.Ingress) bo
 	}
 	for _, i := range api {
 		c := byName[i.Name]
-		if c == nil || c.ResourceVersion != i.ResourceVersion || !sameForUs(c, &i) {
+		if c == nil || c.ResourceVersion != i.ResourceVersion || !maps.Equal(c.Annotations, i.Annotations) || !equality.Semantic.DeepEqual(c.Spec, i.Spec) {
 			return false
 		}
 	}
@@ -270,7 +318,7 @@ func ingress(name string, annotations map[string]string, hosts ...string) *netwo
 	return ing
 }
 
-var optIn = map[string]string{AnnotationTLSACME: "true"}
+var optIn = map[string]string{core.AnnotationTLSACME: "true"}
 
 func TestSyncIssuesStoresAndRestores(t *testing.T) {
 	f := newFixture(t, ingress("shop", optIn, "a.test", "b.test"))
@@ -287,11 +335,11 @@ func TestSyncIssuesStoresAndRestores(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !secrets.Owned(sec) || sec.Type != corev1.SecretTypeTLS {
-		t.Errorf("secret: owned %v type %s, want owned kubernetes.io/tls", secrets.Owned(sec), sec.Type)
+	if !core.Owned(sec.Labels) || sec.Type != corev1.SecretTypeTLS {
+		t.Errorf("secret: owned %v type %s, want owned kubernetes.io/tls", core.Owned(sec.Labels), sec.Type)
 	}
 	ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
-	if _, ok := ing.Annotations[JournalAnnotation]; ok {
+	if _, ok := ing.Annotations[core.AnnotationChallenges]; ok {
 		t.Error("journal left on the Ingress")
 	}
 	for _, r := range ing.Spec.Rules {
@@ -352,8 +400,8 @@ func TestSyncBadInputWarnsAndOrdersNothing(t *testing.T) {
 		key    string
 		reason string
 	}{
-		{"bad key type", ingress("a", map[string]string{AnnotationTLSACME: "true", AnnotationKeyType: "dsa"}, "a.test"), "ns/a-tls", "InvalidAnnotation"},
-		{"bad opt-in value", ingress("b", map[string]string{AnnotationTLSACME: "yes"}, "b.test"), "ns/b-tls", "InvalidAnnotation"},
+		{"bad key type", ingress("a", map[string]string{core.AnnotationTLSACME: "true", core.AnnotationKeyType: "dsa"}, "a.test"), "ns/a-tls", "InvalidAnnotation"},
+		{"bad opt-in value", ingress("b", map[string]string{core.AnnotationTLSACME: "yes"}, "b.test"), "ns/b-tls", "InvalidAnnotation"},
 		{"wildcard", ingress("c", optIn, "*.c.test"), "ns/c-tls", "InvalidHost"},
 		{"no hosts", ingress("d", optIn), "ns/d-tls", "NoHosts"},
 	}
@@ -376,15 +424,18 @@ func TestSyncBadInputWarnsAndOrdersNothing(t *testing.T) {
 
 func TestSyncRemovesLeftoverJournal(t *testing.T) {
 	ing := ingress("shop", nil, "a.test")
-	if _, err := insertPaths(ing, []Entry{{Secret: "shop-tls", Host: "a.test", Token: "old"}}, "ingress-acme-solver", networkingv1.PathTypeExact); err != nil {
-		t.Fatal(err)
-	}
+	// A challenge path and its journal entry, as the solver writes them.
+	exact := networkingv1.PathTypeExact
+	ing.Spec.Rules[0].HTTP.Paths = append([]networkingv1.HTTPIngressPath{{Path: core.ChallengePathPrefix + "old", PathType: &exact,
+		Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{Name: "ingress-acme-solver", Port: networkingv1.ServiceBackendPort{Number: 80}}}}},
+		ing.Spec.Rules[0].HTTP.Paths...)
+	ing.Annotations = map[string]string{core.AnnotationChallenges: `[{"secret":"shop-tls","host":"a.test","token":"old"}]`}
 	f := newFixture(t, ing) // not opted in any more, paths left by a dead process
 	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
-	if _, ok := got.Annotations[JournalAnnotation]; ok || len(got.Spec.Rules[0].HTTP.Paths) != 1 {
+	if _, ok := got.Annotations[core.AnnotationChallenges]; ok || len(got.Spec.Rules[0].HTTP.Paths) != 1 {
 		t.Errorf("leftover not removed: annotations %v, paths %v", got.Annotations, got.Spec.Rules[0].HTTP.Paths)
 	}
 	if f.issuer.count() != 0 {
@@ -399,7 +450,7 @@ func TestSyncFailureCleansUpAndBacksOff(t *testing.T) {
 		t.Fatal("sync: got nil error, want the order's failure")
 	}
 	ing, _ := f.client.NetworkingV1().Ingresses("ns").Get(context.Background(), "shop", metav1.GetOptions{})
-	if _, ok := ing.Annotations[JournalAnnotation]; ok || len(ing.Spec.Rules[0].HTTP.Paths) != 1 || len(ing.Spec.TLS) != 0 {
+	if _, ok := ing.Annotations[core.AnnotationChallenges]; ok || len(ing.Spec.Rules[0].HTTP.Paths) != 1 || len(ing.Spec.TLS) != 0 {
 		t.Errorf("after a failure: journal %v, paths %v, tls %v; want the Ingress as written", ing.Annotations, ing.Spec.Rules[0].HTTP.Paths, ing.Spec.TLS)
 	}
 	if evs := strings.Join(f.events(), "\n"); !strings.Contains(evs, "Warning Failed") || !strings.Contains(evs, "unauthorized") {
@@ -459,41 +510,21 @@ func TestSyncRenewsInsideARIWindow(t *testing.T) {
 
 func labelsEverything() labels.Selector { return labels.Everything() }
 
-func TestEnqueueIngressDropsUpdatesThatChangeNothingForUs(t *testing.T) {
-	f := newFixture(t)
-	old := ingress("shop", optIn, "a.test")
-	tests := []struct {
-		name string
-		edit func(*networkingv1.Ingress)
-		want int
-	}{
-		{"status only", func(i *networkingv1.Ingress) {
-			i.Status.LoadBalancer.Ingress = []networkingv1.IngressLoadBalancerIngress{{IP: "192.0.2.1"}}
-		}, 0},
-		{"label only", func(i *networkingv1.Ingress) { i.Labels = map[string]string{"team": "shop"} }, 0},
-		{"spec", func(i *networkingv1.Ingress) { i.Spec.Rules[0].Host = "b.test" }, 1},
-		{"annotation", func(i *networkingv1.Ingress) { i.Annotations = map[string]string{AnnotationTLSACME: "false"} }, 1},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			next := old.DeepCopy()
-			next.ResourceVersion = "2"
-			tt.edit(next)
-			before := f.c.queue.Len()
-			f.c.cfg.Settle = 0
-			f.c.ingressChanged(old, next)
-			deadline := time.Now().Add(time.Second)
-			for f.c.queue.Len() == before && tt.want > 0 && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
-			got := f.c.queue.Len() - before
-			for f.c.queue.Len() > 0 {
-				k, _ := f.c.queue.Get()
-				f.c.queue.Done(k)
-			}
-			if got != tt.want {
-				t.Errorf("keys queued: got %d, want %d", got, tt.want)
-			}
-		})
+// waitLive waits until the challenge server answers exactly want (token ->
+// key authorization).
+func (f *fixture) waitLive(t *testing.T, want map[string]string, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		f.chals.mu.Lock()
+		got := maps.Clone(f.chals.live)
+		f.chals.mu.Unlock()
+		if maps.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: challenge server answers %v, want %v", what, got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ingress-acme/ingress-acme/core"
 	"github.com/ingress-acme/ingress-acme/e2e/testbed"
 	"github.com/ingress-acme/ingress-acme/secrets"
 )
@@ -69,7 +70,7 @@ func (b *bench) restart(ctx context.Context) error {
 	t0 = time.Now()
 	if err := b.parallel(ctx, n, func(i int) error {
 		key := certs[i].Key
-		s, err := secrets.Build(ns, batch[i]+"-tls", certs[i].ChainPEM, key, ca.Directory, "")
+		s, err := secrets.Build(ns, batch[i]+"-tls", core.Certificate{ChainPEM: certs[i].ChainPEM, Key: key, Directory: ca.Directory}, "", "")
 		if err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package watcher
+package ingress
 
 import (
 	"slices"
@@ -17,7 +17,7 @@ func fxIngress(name string, ruleHosts ...string) *networkingv1.Ingress {
 	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{
 		Namespace:   "ns",
 		Name:        name,
-		Annotations: map[string]string{AnnotationTLSACME: "true"},
+		Annotations: map[string]string{core.AnnotationTLSACME: "true"},
 	}}
 	for _, h := range ruleHosts {
 		ing.Spec.Rules = append(ing.Spec.Rules, fxRule(h, "/"))
@@ -78,7 +78,7 @@ func TestOptedIn(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ing := &networkingv1.Ingress{}
 			if tt.value != nil {
-				ing.Annotations = map[string]string{AnnotationTLSACME: *tt.value}
+				ing.Annotations = map[string]string{core.AnnotationTLSACME: *tt.value}
 			}
 			if got := optedIn(ing); got != tt.want {
 				t.Errorf("got %v, want %v", got, tt.want)
@@ -99,29 +99,29 @@ func TestParseOptions(t *testing.T) {
 		wantProblems []string // substrings, one per problem, in order
 	}{
 		{name: "defaults", wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact},
-		{name: "every key type", ann: []string{AnnotationKeyType, "rsa-4096"}, wantKeyType: "rsa-4096", wantPathType: networkingv1.PathTypeExact},
-		{name: "key type case and spaces", ann: []string{AnnotationKeyType, " ECDSA-P384 "}, wantKeyType: "ecdsa-p384", wantPathType: networkingv1.PathTypeExact},
-		{name: "bad key type", ann: []string{AnnotationKeyType, "rsa-1024"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
-			wantProblems: []string{AnnotationKeyType}},
-		{name: "empty key type is a problem", ann: []string{AnnotationKeyType, ""}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
-			wantProblems: []string{AnnotationKeyType}},
-		{name: "path type Prefix", ann: []string{AnnotationPathType, "Prefix"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypePrefix},
-		{name: "path type any case", ann: []string{AnnotationPathType, "implementationspecific"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeImplementationSpecific},
-		{name: "path type exact with spaces", ann: []string{AnnotationPathType, " EXACT "}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact},
-		{name: "bad path type", ann: []string{AnnotationPathType, "Regex"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
-			wantProblems: []string{AnnotationPathType}},
-		{name: "profile", ann: []string{AnnotationProfile, " shortlived "}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact, wantProfile: "shortlived"},
-		{name: "bad profile", ann: []string{AnnotationProfile, "short lived"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
-			wantProblems: []string{AnnotationProfile}},
-		{name: "tls-acme false is fine", ann: []string{AnnotationTLSACME, "False"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact},
-		{name: "tls-acme neither", ann: []string{AnnotationTLSACME, "yes"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
-			wantProblems: []string{AnnotationTLSACME}},
-		{name: "tls-acme empty", ann: []string{AnnotationTLSACME, " "}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
-			wantProblems: []string{AnnotationTLSACME}},
-		{name: "every problem reported", ann: []string{AnnotationKeyType, "dsa", AnnotationPathType, "Glob", AnnotationTLSACME, "on"},
+		{name: "every key type", ann: []string{core.AnnotationKeyType, "rsa-4096"}, wantKeyType: "rsa-4096", wantPathType: networkingv1.PathTypeExact},
+		{name: "key type case and spaces", ann: []string{core.AnnotationKeyType, " ECDSA-P384 "}, wantKeyType: "ecdsa-p384", wantPathType: networkingv1.PathTypeExact},
+		{name: "bad key type", ann: []string{core.AnnotationKeyType, "rsa-1024"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
+			wantProblems: []string{core.AnnotationKeyType}},
+		{name: "empty key type is a problem", ann: []string{core.AnnotationKeyType, ""}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
+			wantProblems: []string{core.AnnotationKeyType}},
+		{name: "path type Prefix", ann: []string{core.AnnotationPathType, "Prefix"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypePrefix},
+		{name: "path type any case", ann: []string{core.AnnotationPathType, "implementationspecific"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeImplementationSpecific},
+		{name: "path type exact with spaces", ann: []string{core.AnnotationPathType, " EXACT "}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact},
+		{name: "bad path type", ann: []string{core.AnnotationPathType, "Regex"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
+			wantProblems: []string{core.AnnotationPathType}},
+		{name: "profile", ann: []string{core.AnnotationProfile, " shortlived "}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact, wantProfile: "shortlived"},
+		{name: "bad profile", ann: []string{core.AnnotationProfile, "short lived"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
+			wantProblems: []string{core.AnnotationProfile}},
+		{name: "tls-acme false is fine", ann: []string{core.AnnotationTLSACME, "False"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact},
+		{name: "tls-acme neither", ann: []string{core.AnnotationTLSACME, "yes"}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
+			wantProblems: []string{core.AnnotationTLSACME}},
+		{name: "tls-acme empty", ann: []string{core.AnnotationTLSACME, " "}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
+			wantProblems: []string{core.AnnotationTLSACME}},
+		{name: "every problem reported", ann: []string{core.AnnotationKeyType, "dsa", core.AnnotationPathType, "Glob", core.AnnotationTLSACME, "on"},
 			wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
-			wantProblems: []string{AnnotationKeyType, AnnotationPathType, AnnotationTLSACME}},
-		{name: "long value truncated", ann: []string{AnnotationKeyType, strings.Repeat("x", 500)}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
+			wantProblems: []string{core.AnnotationKeyType, core.AnnotationPathType, core.AnnotationTLSACME}},
+		{name: "long value truncated", ann: []string{core.AnnotationKeyType, strings.Repeat("x", 500)}, wantKeyType: "ecdsa-p256", wantPathType: networkingv1.PathTypeExact,
 			wantProblems: []string{"..."}},
 	}
 	for _, tt := range tests {
@@ -227,10 +227,10 @@ func TestCertKeys(t *testing.T) {
 	}{
 		{name: "opted in, implicit", ing: fxIngress("web", "a.example.com"), want: []string{"ns/web-tls"}},
 		{name: "opted in, two Secrets", ing: fxTLS(fxTLS(fxIngress("web"), "a-tls", "a.example.com"), "b-tls", "b.example.com"), want: []string{"ns/a-tls", "ns/b-tls"}},
-		{name: "not opted in", ing: fxAnnotate(fxIngress("web", "a.example.com"), AnnotationTLSACME, "false"), want: nil},
-		{name: "not opted in, any case", ing: fxAnnotate(fxIngress("web", "a.example.com"), AnnotationTLSACME, " FALSE "), want: nil},
-		{name: "malformed opt-in: queued to be reported", ing: fxAnnotate(fxIngress("web", "a.example.com"), AnnotationTLSACME, "yes"), want: []string{"ns/web-tls"}},
-		{name: "empty opt-in: queued to be reported", ing: fxAnnotate(fxIngress("web", "a.example.com"), AnnotationTLSACME, ""), want: []string{"ns/web-tls"}},
+		{name: "not opted in", ing: fxAnnotate(fxIngress("web", "a.example.com"), core.AnnotationTLSACME, "false"), want: nil},
+		{name: "not opted in, any case", ing: fxAnnotate(fxIngress("web", "a.example.com"), core.AnnotationTLSACME, " FALSE "), want: nil},
+		{name: "malformed opt-in: queued to be reported", ing: fxAnnotate(fxIngress("web", "a.example.com"), core.AnnotationTLSACME, "yes"), want: []string{"ns/web-tls"}},
+		{name: "empty opt-in: queued to be reported", ing: fxAnnotate(fxIngress("web", "a.example.com"), core.AnnotationTLSACME, ""), want: []string{"ns/web-tls"}},
 		{name: "no annotations", ing: &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"}}, want: nil},
 	}
 	for _, tt := range tests {
@@ -240,38 +240,6 @@ func TestCertKeys(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestJournalKeys(t *testing.T) {
-	tests := []struct {
-		name    string
-		journal *string
-		want    []string
-	}{
-		{name: "no journal", journal: nil, want: nil},
-		{name: "entries, deduplicated", journal: fxPtr(`[{"secret":"a-tls","host":"a.example.com","token":"t1"},{"secret":"b-tls","host":"b.example.com","token":"t2"},{"secret":"a-tls","host":"c.example.com","token":"t3"}]`),
-			want: []string{"ns/a-tls", "ns/b-tls"}},
-		{name: "empty list", journal: fxPtr(`[]`), want: nil},
-		{name: "unparsable: every certificate the Ingress asks for", journal: fxPtr(`{oops`), want: []string{"ns/x-tls", "ns/y-tls"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ing := fxTLS(fxTLS(fxIngress("web", "a.example.com"), "x-tls", "a.example.com"), "y-tls", "b.example.com")
-			if tt.journal != nil {
-				ing.Annotations[JournalAnnotation] = *tt.journal
-			}
-			if got := journalKeys(ing); !slices.Equal(got, tt.want) {
-				t.Errorf("got %v, want %v", got, tt.want)
-			}
-		})
-	}
-	t.Run("not opted in still cleaned up", func(t *testing.T) {
-		ing := fxAnnotate(fxIngress("web", "a.example.com"), AnnotationTLSACME, "false",
-			JournalAnnotation, `[{"secret":"web-tls","host":"a.example.com","token":"t"}]`)
-		if got, want := journalKeys(ing), []string{"ns/web-tls"}; !slices.Equal(got, want) {
-			t.Errorf("got %v, want %v", got, want)
-		}
-	})
 }
 
 func TestValidateHost(t *testing.T) {
@@ -426,7 +394,7 @@ func TestDesiredFor(t *testing.T) {
 	})
 
 	t.Run("conflicting options", func(t *testing.T) {
-		a := fxAnnotate(fxTLS(fxIngress("a", "a.example.com"), "shared-tls"), AnnotationKeyType, "rsa-2048")
+		a := fxAnnotate(fxTLS(fxIngress("a", "a.example.com"), "shared-tls"), core.AnnotationKeyType, "rsa-2048")
 		b := fxTLS(fxIngress("b", "a.example.com"), "shared-tls")
 		d, problems := desiredFor("ns", "shared-tls", []*networkingv1.Ingress{b, a})
 		if len(problems) != 1 || problems[0].reason != "ConflictingOptions" {
@@ -441,15 +409,15 @@ func TestDesiredFor(t *testing.T) {
 	})
 
 	t.Run("same options spelled differently do not conflict", func(t *testing.T) {
-		a := fxAnnotate(fxTLS(fxIngress("a", "a.example.com"), "shared-tls"), AnnotationPathType, "prefix")
-		b := fxAnnotate(fxTLS(fxIngress("b", "a.example.com"), "shared-tls"), AnnotationPathType, " Prefix ")
+		a := fxAnnotate(fxTLS(fxIngress("a", "a.example.com"), "shared-tls"), core.AnnotationPathType, "prefix")
+		b := fxAnnotate(fxTLS(fxIngress("b", "a.example.com"), "shared-tls"), core.AnnotationPathType, " Prefix ")
 		if _, problems := desiredFor("ns", "shared-tls", []*networkingv1.Ingress{a, b}); len(problems) != 0 {
 			t.Errorf("got %v, want none", problems)
 		}
 	})
 
 	t.Run("invalid annotation", func(t *testing.T) {
-		a := fxAnnotate(fxIngress("a", "a.example.com"), AnnotationKeyType, "dsa")
+		a := fxAnnotate(fxIngress("a", "a.example.com"), core.AnnotationKeyType, "dsa")
 		_, problems := desiredFor("ns", "a-tls", []*networkingv1.Ingress{a})
 		if len(problems) != 1 || problems[0].reason != "InvalidAnnotation" || problems[0].ingress != a {
 			t.Errorf("got %v, want one InvalidAnnotation on a", problems)

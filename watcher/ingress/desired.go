@@ -1,4 +1,4 @@
-package watcher
+package ingress
 
 import (
 	"encoding/json"
@@ -13,33 +13,11 @@ import (
 	"github.com/ingress-acme/ingress-acme/core"
 )
 
-// The annotations a user puts on an Ingress.
-const (
-	// AnnotationTLSACME opts an Ingress in, with the value "true" (the convention
-	// kube-lego started).
-	AnnotationTLSACME = "kubernetes.io/tls-acme"
-	// AnnotationPrefix is the prefix of every option of ours.
-	AnnotationPrefix = core.AnnotationPrefix
-	// AnnotationKeyType chooses the private key type: ecdsa-p256 (default),
-	// ecdsa-p384, rsa-2048 or rsa-4096.
-	AnnotationKeyType = core.AnnotationKeyType
-	// AnnotationPathType chooses the pathType of the challenge paths: Exact
-	// (default), Prefix or ImplementationSpecific, for controllers that need it.
-	AnnotationPathType = AnnotationPrefix + "path-type"
-	// AnnotationProfile asks the CA for a certificate profile it offers (e.g.
-	// Let's Encrypt's "shortlived" or "tlsserver"); default: the CA's default.
-	AnnotationProfile = core.AnnotationProfile
-	// AnnotationManagedTLS records the spec.tls entry ingress-acme added to an
-	// Ingress that had none (JSON: the Secret and the hosts written), so that
-	// the entry keeps following the rule hosts until the user edits it.
-	AnnotationManagedTLS = AnnotationPrefix + "managed-tls"
-)
-
 var pathTypes = []networkingv1.PathType{networkingv1.PathTypeExact, networkingv1.PathTypePrefix, networkingv1.PathTypeImplementationSpecific}
 
 // optedIn reports whether ing asks for certificates.
 func optedIn(ing *networkingv1.Ingress) bool {
-	return strings.EqualFold(strings.TrimSpace(ing.Annotations[AnnotationTLSACME]), "true")
+	return strings.EqualFold(strings.TrimSpace(ing.Annotations[core.AnnotationTLSACME]), "true")
 }
 
 // certSpec is one certificate an Ingress asks for.
@@ -54,7 +32,7 @@ type certSpec struct {
 // certSpecs lists the certificates ing asks for: one per spec.tls entry with a
 // secretName (its hosts, or every rule host when it lists none), or with no
 // spec.tls, "<name>-tls" for every rule host. The entry we added (see
-// AnnotationManagedTLS) asks for every rule host, like no spec.tls at all.
+// core.AnnotationManagedTLS) asks for every rule host, like no spec.tls at all.
 func certSpecs(ing *networkingv1.Ingress) []certSpec {
 	ruleHosts := ruleHostsOf(ing)
 	if len(ing.Spec.TLS) == 0 {
@@ -69,15 +47,11 @@ func certSpecs(ing *networkingv1.Ingress) []certSpec {
 		hosts := slices.Clone(ruleHosts) // appended to below: never share ruleHosts' array
 		implicit := managed.owns(t)
 		if len(t.Hosts) > 0 && !implicit {
-			hosts = dedupe(t.Hosts)
+			hosts = appendNew(nil, t.Hosts...)
 		}
 		i := slices.IndexFunc(specs, func(s certSpec) bool { return s.secret == t.SecretName })
 		if i >= 0 { // two entries, one Secret: one certificate for both
-			for _, h := range hosts {
-				if !slices.Contains(specs[i].hosts, h) {
-					specs[i].hosts = append(specs[i].hosts, h)
-				}
-			}
+			specs[i].hosts = appendNew(specs[i].hosts, hosts...)
 			continue
 		}
 		specs = append(specs, certSpec{secret: t.SecretName, hosts: hosts, implicit: implicit})
@@ -88,24 +62,24 @@ func certSpecs(ing *networkingv1.Ingress) []certSpec {
 func ruleHostsOf(ing *networkingv1.Ingress) []string {
 	var hosts []string
 	for _, r := range ing.Spec.Rules {
-		if r.Host != "" && !slices.Contains(hosts, r.Host) {
-			hosts = append(hosts, r.Host)
+		if r.Host != "" {
+			hosts = appendNew(hosts, r.Host)
 		}
 	}
 	return hosts
 }
 
-func dedupe(hosts []string) []string {
-	var out []string
+// appendNew appends to dst each of hosts it does not hold yet, in order.
+func appendNew(dst []string, hosts ...string) []string {
 	for _, h := range hosts {
-		if !slices.Contains(out, h) {
-			out = append(out, h)
+		if !slices.Contains(dst, h) {
+			dst = append(dst, h)
 		}
 	}
-	return out
+	return dst
 }
 
-// managedTLS is the spec.tls entry we added, as AnnotationManagedTLS records it.
+// managedTLS is the spec.tls entry we added, as core.AnnotationManagedTLS records it.
 type managedTLS struct {
 	Secret string   `json:"secret"`
 	Hosts  []string `json:"hosts"`
@@ -114,7 +88,7 @@ type managedTLS struct {
 // readManagedTLS returns ing's record of the spec.tls entry we added; ok is
 // false when there is none (or it does not parse: then the entry is the user's).
 func readManagedTLS(ing *networkingv1.Ingress) (m managedTLS, ok bool) {
-	raw, has := ing.Annotations[AnnotationManagedTLS]
+	raw, has := ing.Annotations[core.AnnotationManagedTLS]
 	if !has || json.Unmarshal([]byte(raw), &m) != nil || m.Secret == "" {
 		return managedTLS{}, false
 	}
@@ -123,7 +97,7 @@ func readManagedTLS(ing *networkingv1.Ingress) (m managedTLS, ok bool) {
 
 // owns reports whether t is the entry m records, unchanged by the user.
 func (m managedTLS) owns(t networkingv1.IngressTLS) bool {
-	return m.Secret != "" && t.SecretName == m.Secret && sameHosts(t.Hosts, m.Hosts)
+	return m.Secret != "" && t.SecretName == m.Secret && core.SameHosts(t.Hosts, m.Hosts)
 }
 
 func writeManagedTLS(ing *networkingv1.Ingress, secret string, hosts []string) {
@@ -131,28 +105,13 @@ func writeManagedTLS(ing *networkingv1.Ingress, secret string, hosts []string) {
 	if ing.Annotations == nil {
 		ing.Annotations = map[string]string{}
 	}
-	ing.Annotations[AnnotationManagedTLS] = string(raw)
-}
-
-// sameHosts reports whether a and b hold the same hosts, in any order and case.
-func sameHosts(a, b []string) bool {
-	norm := func(hs []string) []string {
-		out := make([]string, 0, len(hs))
-		for _, h := range hs {
-			if h = strings.ToLower(h); !slices.Contains(out, h) {
-				out = append(out, h)
-			}
-		}
-		slices.Sort(out)
-		return out
-	}
-	return slices.Equal(norm(a), norm(b))
+	ing.Annotations[core.AnnotationManagedTLS] = string(raw)
 }
 
 // mentioned reports whether ing carries the opt-in annotation with any value
 // but "false": a malformed value must reach sync to be reported, not be skipped.
 func mentioned(ing *networkingv1.Ingress) bool {
-	v, ok := ing.Annotations[AnnotationTLSACME]
+	v, ok := ing.Annotations[core.AnnotationTLSACME]
 	return ok && !strings.EqualFold(strings.TrimSpace(v), "false")
 }
 
@@ -166,28 +125,6 @@ func certKeys(ing *networkingv1.Ingress) []string {
 	var keys []string
 	for _, s := range certSpecs(ing) {
 		keys = append(keys, ing.Namespace+"/"+s.secret)
-	}
-	return keys
-}
-
-// journalKeys are the keys of the certificates with challenge paths journalled on
-// ing. An unparsable journal yields every certificate ing asks for, so that the
-// paths are cleaned up anyway.
-func journalKeys(ing *networkingv1.Ingress) []string {
-	entries, err := readJournal(ing)
-	if err != nil {
-		var keys []string
-		for _, s := range certSpecs(ing) {
-			keys = append(keys, ing.Namespace+"/"+s.secret)
-		}
-		return keys
-	}
-	var keys []string
-	for _, e := range entries {
-		k := ing.Namespace + "/" + e.Secret
-		if !slices.Contains(keys, k) {
-			keys = append(keys, k)
-		}
 	}
 	return keys
 }
@@ -243,41 +180,33 @@ type options struct {
 func parseOptions(ing *networkingv1.Ingress) (options, []string) {
 	o := options{keyType: core.KeyTypes()[0], pathType: networkingv1.PathTypeExact}
 	var problems []string
-	if v, ok := ing.Annotations[AnnotationKeyType]; ok {
+	if v, ok := ing.Annotations[core.AnnotationKeyType]; ok {
 		if kt, err := core.ParseKeyType(v); err == nil {
 			o.keyType = kt
 		} else {
-			problems = append(problems, fmt.Sprintf("annotation %s: %s is not one of %s", AnnotationKeyType, quoted(v, 40), keyTypeNames()))
+			problems = append(problems, fmt.Sprintf("annotation %s: %s is not one of %s", core.AnnotationKeyType, quoted(v, 40), core.KeyTypeNames()))
 		}
 	}
-	if v, ok := ing.Annotations[AnnotationPathType]; ok {
+	if v, ok := ing.Annotations[core.AnnotationPathType]; ok {
 		i := slices.IndexFunc(pathTypes, func(p networkingv1.PathType) bool { return strings.EqualFold(string(p), strings.TrimSpace(v)) })
 		if i >= 0 {
 			o.pathType = pathTypes[i]
 		} else {
-			problems = append(problems, fmt.Sprintf("annotation %s: %s is not one of Exact, Prefix, ImplementationSpecific", AnnotationPathType, quoted(v, 40)))
+			problems = append(problems, fmt.Sprintf("annotation %s: %s is not one of Exact, Prefix, ImplementationSpecific", core.AnnotationPathType, quoted(v, 40)))
 		}
 	}
-	if v, ok := ing.Annotations[AnnotationProfile]; ok {
+	if v, ok := ing.Annotations[core.AnnotationProfile]; ok {
 		p := strings.TrimSpace(v)
 		if validProfile(p) {
 			o.profile = p
 		} else {
-			problems = append(problems, fmt.Sprintf("annotation %s: %s is not a profile name (1 to 64 letters, digits, '-', '_' or '.')", AnnotationProfile, quoted(v, 40)))
+			problems = append(problems, fmt.Sprintf("annotation %s: %s is not a profile name (1 to 64 letters, digits, '-', '_' or '.')", core.AnnotationProfile, quoted(v, 40)))
 		}
 	}
-	if v, ok := ing.Annotations[AnnotationTLSACME]; ok && !strings.EqualFold(strings.TrimSpace(v), "true") && !strings.EqualFold(strings.TrimSpace(v), "false") {
-		problems = append(problems, fmt.Sprintf("annotation %s: %s is neither \"true\" (opt in) nor \"false\"", AnnotationTLSACME, quoted(v, 40)))
+	if v, ok := ing.Annotations[core.AnnotationTLSACME]; ok && !strings.EqualFold(strings.TrimSpace(v), "true") && !strings.EqualFold(strings.TrimSpace(v), "false") {
+		problems = append(problems, fmt.Sprintf("annotation %s: %s is neither \"true\" (opt in) nor \"false\"", core.AnnotationTLSACME, quoted(v, 40)))
 	}
 	return o, problems
-}
-
-func keyTypeNames() string {
-	var names []string
-	for _, k := range core.KeyTypes() {
-		names = append(names, string(k))
-	}
-	return strings.Join(names, ", ")
 }
 
 func validProfile(p string) bool {
@@ -336,7 +265,7 @@ func desiredFor(namespace, secret string, ings []*networkingv1.Ingress) (desired
 			d.options = opts
 		} else if opts != d.options && len(optProblems) == 0 {
 			problems = append(problems, problem{ing, "ConflictingOptions", fmt.Sprintf(
-				"Ingresses %s and %s name Secret %s with different %s, %s or %s options", ings[0].Name, ing.Name, secret, AnnotationKeyType, AnnotationPathType, AnnotationProfile)})
+				"Ingresses %s and %s name Secret %s with different %s, %s or %s options", ings[0].Name, ing.Name, secret, core.AnnotationKeyType, core.AnnotationPathType, core.AnnotationProfile)})
 		}
 		for _, s := range certSpecs(ing) {
 			if s.secret != secret {
@@ -351,9 +280,7 @@ func desiredFor(namespace, secret string, ings []*networkingv1.Ingress) (desired
 					continue
 				}
 				hosts = append(hosts, h)
-				if !slices.Contains(d.hosts, h) {
-					d.hosts = append(d.hosts, h)
-				}
+				d.hosts = appendNew(d.hosts, h)
 			}
 			slices.Sort(hosts)
 			if i == 0 {
@@ -389,7 +316,7 @@ func ensureTLS(ing *networkingv1.Ingress, secret string, spec certSpec) bool {
 	if i >= 0 {
 		managed, ok := readManagedTLS(ing)
 		t := ing.Spec.TLS[i]
-		if !ok || !managed.owns(t) || len(spec.hosts) == 0 || sameHosts(t.Hosts, spec.hosts) {
+		if !ok || !managed.owns(t) || len(spec.hosts) == 0 || core.SameHosts(t.Hosts, spec.hosts) {
 			return false
 		}
 		ing.Spec.TLS[i].Hosts = slices.Clone(spec.hosts)
@@ -408,14 +335,14 @@ func ensureTLS(ing *networkingv1.Ingress, secret string, spec certSpec) bool {
 // edited or removed that entry: from then on it is theirs. It returns whether
 // ing changed.
 func releaseTLS(ing *networkingv1.Ingress) bool {
-	if _, has := ing.Annotations[AnnotationManagedTLS]; !has {
+	if _, has := ing.Annotations[core.AnnotationManagedTLS]; !has {
 		return false
 	}
 	managed, ok := readManagedTLS(ing)
 	if ok && slices.ContainsFunc(ing.Spec.TLS, managed.owns) {
 		return false
 	}
-	delete(ing.Annotations, AnnotationManagedTLS)
+	delete(ing.Annotations, core.AnnotationManagedTLS)
 	return true
 }
 
@@ -438,4 +365,40 @@ func hostsWithoutTLS(ing *networkingv1.Ingress) []string {
 		}
 	}
 	return out
+}
+
+// request is d as the engine takes it, with problems (nil for none) that stop it.
+func (d desired) request(problems []problem) core.Request {
+	req := core.Request{
+		Namespace: d.namespace, Secret: d.secret, Hosts: d.hosts,
+		Options:    core.Options{KeyType: d.options.keyType, Profile: d.options.profile, Present: string(d.options.pathType)},
+		Presenters: make(map[string]core.Ref, len(d.hostIngress)),
+	}
+	for _, ing := range d.ingresses {
+		own := d.ownHosts[ing.Name]
+		req.Askers = append(req.Askers, core.Asker{Ref: refOf(ing), Hosts: own.hosts, Implicit: own.implicit})
+	}
+	for h, ing := range d.hostIngress {
+		req.Presenters[h] = refOf(ing)
+	}
+	for _, p := range problems {
+		req.Problems = append(req.Problems, core.Problem{Object: refOf(p.ingress), Reason: p.reason, Message: p.message})
+	}
+	if d.mismatch {
+		req.Warnings = []core.Problem{{Object: refOf(d.ingresses[0]), Reason: "HostsDiffer", Message: fmt.Sprintf(
+			"Ingresses naming Secret %s ask for different hosts: one certificate for all of them is ordered (%s)", d.secret, strings.Join(d.hosts, ", "))}}
+	}
+	return req
+}
+
+// Kind is the kind of object this source watches, as its core.Refs name it.
+const Kind = "Ingress"
+
+func refOf(ing *networkingv1.Ingress) core.Ref {
+	return core.Ref{Kind: Kind, Namespace: ing.Namespace, Name: ing.Name}
+}
+
+// specOf is the asker's own certificate spec, as the request recorded it.
+func specOf(a core.Asker, secret string) certSpec {
+	return certSpec{secret: secret, hosts: a.Hosts, implicit: a.Implicit}
 }

@@ -1,4 +1,4 @@
-package watcher
+package ingress
 
 import (
 	"encoding/json"
@@ -11,11 +11,10 @@ import (
 	"github.com/ingress-acme/ingress-acme/core"
 )
 
-// JournalAnnotation on an Ingress lists the challenge paths we inserted into it
-// and have not removed yet. It is written in the same Update as the paths, so it
-// is the crash-recovery journal: whoever finds it with no live order removes
-// exactly what it lists.
-const JournalAnnotation = "ingress-acme.io/challenges"
+// The journal is the annotation core.AnnotationChallenges on an Ingress: the
+// challenge paths we inserted into it and have not removed yet. It is written
+// in the same Update as the paths, so whoever finds it with no live order
+// continues the order it names or removes exactly what it lists.
 
 // Entry is one challenge path inserted into an Ingress, as journalled.
 type Entry struct {
@@ -42,27 +41,27 @@ func (e Entry) samePath(o Entry) bool {
 // readJournal returns the entries journalled on ing, none when it has no journal.
 // An unparsable journal is an error.
 func readJournal(ing *networkingv1.Ingress) ([]Entry, error) {
-	raw, ok := ing.Annotations[JournalAnnotation]
+	raw, ok := ing.Annotations[core.AnnotationChallenges]
 	if !ok {
 		return nil, nil
 	}
 	var entries []Entry
 	if err := json.Unmarshal([]byte(raw), &entries); err != nil {
-		return nil, fmt.Errorf("annotation %s: %w", JournalAnnotation, err)
+		return nil, fmt.Errorf("annotation %s: %w", core.AnnotationChallenges, err)
 	}
 	return entries, nil
 }
 
 func writeJournal(ing *networkingv1.Ingress, entries []Entry) {
 	if len(entries) == 0 {
-		delete(ing.Annotations, JournalAnnotation)
+		delete(ing.Annotations, core.AnnotationChallenges)
 		return
 	}
 	raw, _ := json.Marshal(entries) // a slice of string structs always marshals
 	if ing.Annotations == nil {
 		ing.Annotations = map[string]string{}
 	}
-	ing.Annotations[JournalAnnotation] = string(raw)
+	ing.Annotations[core.AnnotationChallenges] = string(raw)
 }
 
 // insertPaths adds to ing, which the caller owns (a copy, not a lister's object), a
@@ -162,7 +161,7 @@ func removeEntries(ing *networkingv1.Ingress, service string, match func(Entry) 
 	if err != nil {
 		kept = nil
 	}
-	if _, had := ing.Annotations[JournalAnnotation]; had && len(kept) != len(journal) || err != nil {
+	if _, had := ing.Annotations[core.AnnotationChallenges]; had && len(kept) != len(journal) || err != nil {
 		writeJournal(ing, kept)
 		changed = true
 	}

@@ -1,4 +1,4 @@
-package watcher
+package ingress
 
 import (
 	networkingv1 "k8s.io/api/networking/v1"
@@ -12,7 +12,7 @@ import (
 // independent of one another, so the leader's own Present and Remove around an
 // order and this mirror never undo each other: a token leaves the server here
 // only once the journal no longer lists it, which is after the order is done.
-func (c *Controller) answer(old, ing *networkingv1.Ingress) {
+func (s *Solver) answer(old, ing *networkingv1.Ingress) {
 	live := map[string]bool{}
 	if ing != nil {
 		entries, _ := readJournal(ing) // unparsable: nothing to answer
@@ -20,7 +20,7 @@ func (c *Controller) answer(old, ing *networkingv1.Ingress) {
 			if e.KeyAuth == "" { // journalled by a version that did not record it
 				continue
 			}
-			c.cfg.Challenges.Present(e.Host, e.Token, e.KeyAuth)
+			s.cfg.Challenges.Present(e.Host, e.Token, e.KeyAuth)
 			live[e.Token] = true
 		}
 	}
@@ -30,7 +30,7 @@ func (c *Controller) answer(old, ing *networkingv1.Ingress) {
 	entries, _ := readJournal(old)
 	for _, e := range entries {
 		if !live[e.Token] && e.KeyAuth != "" {
-			c.cfg.Challenges.Remove(e.Token)
+			s.cfg.Challenges.Remove(e.Token)
 		}
 	}
 }

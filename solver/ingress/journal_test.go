@@ -1,4 +1,4 @@
-package watcher
+package ingress
 
 import (
 	"encoding/json"
@@ -234,8 +234,8 @@ func TestInsertPathsJournalFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw []map[string]string
-	if err := json.Unmarshal([]byte(ing.Annotations[JournalAnnotation]), &raw); err != nil {
-		t.Fatalf("got journal %q, want JSON: %v", ing.Annotations[JournalAnnotation], err)
+	if err := json.Unmarshal([]byte(ing.Annotations[core.AnnotationChallenges]), &raw); err != nil {
+		t.Fatalf("got journal %q, want JSON: %v", ing.Annotations[core.AnnotationChallenges], err)
 	}
 	want := map[string]string{"secret": "s", "host": "a.example.com", "token": "t"}
 	if len(raw) != 1 || len(raw[0]) != 3 || raw[0]["secret"] != want["secret"] || raw[0]["host"] != want["host"] || raw[0]["token"] != want["token"] {
@@ -246,7 +246,7 @@ func TestInsertPathsJournalFormat(t *testing.T) {
 func TestInsertPathsUnparsableJournal(t *testing.T) {
 	for _, journal := range []string{"{", "not json", `{"secret":"s"}`, `[{"secret":1}]`} {
 		t.Run(journal, func(t *testing.T) {
-			ing := fxAnnotate(fxIngress("web", "a.example.com"), JournalAnnotation, journal)
+			ing := fxAnnotate(fxIngress("web", "a.example.com"), core.AnnotationChallenges, journal)
 			before := ing.DeepCopy()
 			changed, err := insertPaths(ing, []Entry{{Secret: "s", Host: "a.example.com", Token: "t"}}, solverSvc, networkingv1.PathTypeExact)
 			if err == nil {
@@ -302,8 +302,8 @@ func TestRemovePathsRoundTrip(t *testing.T) {
 				if !equality.Semantic.DeepEqual(orig.Spec, ing.Spec) {
 					t.Errorf("got layout %s, want %s", fxLayout(ing), fxLayout(orig))
 				}
-				if _, ok := ing.Annotations[JournalAnnotation]; ok {
-					t.Errorf("got journal %q, want it gone", ing.Annotations[JournalAnnotation])
+				if _, ok := ing.Annotations[core.AnnotationChallenges]; ok {
+					t.Errorf("got journal %q, want it gone", ing.Annotations[core.AnnotationChallenges])
 				}
 				if !equality.Semantic.DeepEqual(orig.Annotations, ing.Annotations) {
 					t.Errorf("got annotations %v, want %v", ing.Annotations, orig.Annotations)
@@ -373,7 +373,7 @@ func TestRemovePathsKeepsOthers(t *testing.T) {
 		if got := fxLayout(ing); got != want {
 			t.Errorf("got %s, want %s", got, want)
 		}
-		if ing.Annotations["user"] != "note" || ing.Annotations[AnnotationTLSACME] != "true" {
+		if ing.Annotations["user"] != "note" || ing.Annotations[core.AnnotationTLSACME] != "true" {
 			t.Errorf("got annotations %v, want the user's kept", ing.Annotations)
 		}
 	})
@@ -457,7 +457,7 @@ func TestRemovePathsUnparsableJournal(t *testing.T) {
 	}
 	// Another solver's challenge path and a user's path stay.
 	ing.Spec.Rules[0].HTTP.Paths = append(ing.Spec.Rules[0].HTTP.Paths, fxRule("", chal("other")).HTTP.Paths[0])
-	ing.Annotations[JournalAnnotation] = "[{broken"
+	ing.Annotations[core.AnnotationChallenges] = "[{broken"
 
 	if !removePaths(ing, "x-tls", solverSvc) {
 		t.Errorf("got changed false, want true")
@@ -466,8 +466,8 @@ func TestRemovePathsUnparsableJournal(t *testing.T) {
 	if got := fxLayout(ing); got != want {
 		t.Errorf("got %s, want %s (every challenge path to our Service removed)", got, want)
 	}
-	if _, ok := ing.Annotations[JournalAnnotation]; ok {
-		t.Errorf("got journal %q, want it removed", ing.Annotations[JournalAnnotation])
+	if _, ok := ing.Annotations[core.AnnotationChallenges]; ok {
+		t.Errorf("got journal %q, want it removed", ing.Annotations[core.AnnotationChallenges])
 	}
 	if removePaths(ing, "x-tls", solverSvc) {
 		t.Errorf("again: got changed true, want false")
