@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -62,5 +63,69 @@ func TestRetryAfterError(t *testing.T) {
 	}
 	if !errors.Is(err, inner) || ra.Error() != "rate limited" {
 		t.Errorf("got %q, want it to wrap and read as %q", ra.Error(), inner)
+	}
+}
+
+func TestChallengeDigest(t *testing.T) {
+	// SHA-256 of "abc", base64url without padding (FIPS 180-2 test vector).
+	if got, want := (Challenge{KeyAuth: "abc"}).Digest(), "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+	if got, want := (Challenge{Token: "tok"}).Path(), "/.well-known/acme-challenge/tok"; got != want {
+		t.Errorf("path: got %s, want %s", got, want)
+	}
+}
+
+func TestSameHosts(t *testing.T) {
+	tests := []struct {
+		a, b []string
+		want bool
+	}{
+		{[]string{"a.test", "B.test"}, []string{"b.test", "a.test"}, true},
+		{[]string{"a.test", "a.test"}, []string{"A.TEST"}, true},
+		{[]string{"a.test"}, []string{"a.test", "b.test"}, false},
+		{nil, []string{}, true},
+	}
+	for _, tt := range tests {
+		if got := SameHosts(tt.a, tt.b); got != tt.want {
+			t.Errorf("SameHosts(%v, %v): got %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+	in := []string{"b.test", "A.test"}
+	if got := NormalHosts(in); !slices.Equal(got, []string{"a.test", "b.test"}) || in[0] != "b.test" {
+		t.Errorf("NormalHosts: got %v (input now %v), want [a.test b.test] and the input unchanged", got, in)
+	}
+}
+
+func TestOwned(t *testing.T) {
+	if !Owned(map[string]string{LabelManagedBy: ManagedBy, "x": "y"}) {
+		t.Error("labelled as ours: got not owned")
+	}
+	for _, labels := range []map[string]string{nil, {LabelManagedBy: "helm"}, {"ingress-acme": "true"}} {
+		if Owned(labels) {
+			t.Errorf("%v: got owned, want not", labels)
+		}
+	}
+}
+
+// Every option is part of what a request asks for: a change of any ends a
+// backoff.
+func TestFingerprintSeesEveryOption(t *testing.T) {
+	base := Request{Hosts: []string{"a.test"}, Options: Options{KeyType: ECDSAP256}}
+	changes := []func(*Request){
+		func(r *Request) { r.Hosts = []string{"a.test", "b.test"} },
+		func(r *Request) { r.Options.KeyType = RSA2048 },
+		func(r *Request) { r.Options.Profile = "shortlived" },
+		func(r *Request) { r.Options.Issuer = "staging" },
+		func(r *Request) { r.Options.Challenge = ChallengeDNS01 },
+		func(r *Request) { r.Options.Present = "Prefix" },
+		func(r *Request) { r.Options.SecretKeys = "ca.crt" },
+	}
+	for i, change := range changes {
+		r := base
+		change(&r)
+		if r.Fingerprint() == base.Fingerprint() {
+			t.Errorf("change %d: fingerprint unchanged (%s)", i, r.Fingerprint())
+		}
 	}
 }

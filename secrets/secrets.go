@@ -206,9 +206,8 @@ func Build(namespace, name string, cert core.Certificate, profile, secretKeys st
 		core.AnnotationIssuer:    cert.Issuer,
 		core.AnnotationDirectory: cert.Directory,
 		core.AnnotationProfile:   profile,
-	}
-	if secretKeys != "" {
-		annotations[core.AnnotationSecretKeys] = secretKeys
+		// Always written: an update keeps the annotations it does not write.
+		core.AnnotationSecretKeys: secretKeys,
 	}
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"slices"
 	"strings"
@@ -613,4 +614,70 @@ func writeCert(ctx context.Context, s *Store, namespace, name string, chainPEM [
 func read(s *Store, sec *corev1.Secret) (*x509.Certificate, core.KeyType, string, error) {
 	st, err := s.Read(sec)
 	return st.Leaf, st.KeyType, st.Directory, err
+}
+
+// Read gives what the engine decides on, from the API server's Secret and
+// from the cache's summary alike: the issuer asked of (name and identity),
+// the profile and whether it was recorded, and the extra keys written.
+func TestReadRecordsWhatWasAsked(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	tc := newTestCert(t, core.ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
+	s := NewStore(fake.NewClientset())
+	req := core.Request{Namespace: "ns", Secret: "web-tls", Options: core.Options{Profile: "shortlived"}}
+	leaf, err := s.Write(ctx, nil, req, core.Certificate{ChainPEM: tc.chainPEM, Key: tc.key, Issuer: "staging", Directory: "https://ca.example/dir"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf == nil || !core.SameHosts(leaf.DNSNames, []string{"a.example.com"}) {
+		t.Fatalf("Write: got leaf %v, want the certificate for a.example.com", leaf)
+	}
+	sec, err := s.Get(ctx, "ns", "web-tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, _ := s.Summarize(sec.DeepCopy())
+	for name, in := range map[string]*corev1.Secret{"full": sec, "summary": sum.(*corev1.Secret)} {
+		got, err := s.Read(in)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got.Issuer != "staging" || got.Directory != "https://ca.example/dir" || got.Profile != "shortlived" || !got.ProfileRecorded || got.SecretKeys != "" {
+			t.Errorf("%s: got %+v, want issuer staging at https://ca.example/dir, profile shortlived recorded, no extra keys", name, got)
+		}
+	}
+	delete(sec.Annotations, core.AnnotationProfile)
+	if got, _ := s.Read(sec); got.ProfileRecorded {
+		t.Errorf("a Secret that records no profile: got ProfileRecorded, want false")
+	}
+}
+
+// Rewrite gives a Secret the keys asked for from what it holds, without an
+// order; keys no longer asked for go.
+func TestRewrite(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	tc := newTestCert(t, core.ECDSAP256, []string{"a.example.com"}, now, now.Add(time.Hour))
+	sec, err := Build("ns", "web-tls", core.Certificate{ChainPEM: tc.chainPEM, Key: tc.key, Issuer: "default", Directory: "https://ca.example/dir"}, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec.Annotations[core.AnnotationSecretKeys] = "old.pem" // written with a key no longer asked for
+	sec.Data["old.pem"] = []byte("old")
+	client := fake.NewClientset(sec)
+	s := NewStore(client)
+	req := core.Request{Namespace: "ns", Secret: "web-tls"}
+	if err := s.Rewrite(ctx, sec, req); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Get(ctx, "ns", "web-tls")
+	if _, has := got.Data["old.pem"]; has || !bytes.Equal(got.Data[corev1.TLSCertKey], tc.chainPEM) {
+		t.Errorf("data keys: got %v, want tls.crt (unchanged) and tls.key alone", slices.Sorted(maps.Keys(got.Data)))
+	}
+	if st, err := s.Read(got); err != nil || st.SecretKeys != "" || st.Issuer != "default" || st.Directory != "https://ca.example/dir" {
+		t.Errorf("read back: got %+v, %v; want no extra keys, the issuer kept", st, err)
+	}
+	if err := s.Rewrite(ctx, sec, core.Request{Namespace: "ns", Secret: "web-tls", Options: core.Options{SecretKeys: "nonsense"}}); err == nil {
+		t.Error("Rewrite with an unknown key: got nil, want an error")
+	}
 }

@@ -3,7 +3,11 @@ package watcher
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -139,5 +143,51 @@ func TestOrdersWaitForAJournalSlot(t *testing.T) {
 	}
 	if n := len(f.c.unjournalled); n != maxUnjournalled-1 {
 		t.Errorf("slots taken after the order: %d, want %d (its own given back)", n, maxUnjournalled-1)
+	}
+}
+
+// recordingOutput records what it was told was stored.
+type recordingOutput struct {
+	mu      sync.Mutex // guards serials
+	serials []string
+	err     error
+}
+
+func (r *recordingOutput) Stored(_ context.Context, req core.Request, cert *x509.Certificate) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.serials = append(r.serials, req.Key()+" "+cert.SerialNumber.String())
+	return r.err
+}
+
+// Outputs run once the certificate is stored, once per certificate, in
+// order; one that fails says so and the certificate stays stored.
+func TestOutputsRunAfterStore(t *testing.T) {
+	f := newFixture(t, ingress("shop", optIn, "a.test"))
+	first, second := &recordingOutput{err: errors.New("rollout refused")}, &recordingOutput{}
+	f.c.cfg.Outputs = []Output{first, second}
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	sec, err := f.client.CoreV1().Secrets("ns").Get(context.Background(), "shop-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := f.c.cfg.Secrets.Read(sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"ns/shop-tls " + stored.Leaf.SerialNumber.String()}
+	if !slices.Equal(first.serials, want) || !slices.Equal(second.serials, want) {
+		t.Errorf("outputs told: got %v and %v, want %v each", first.serials, second.serials, want)
+	}
+	if evs := strings.Join(f.events(), "\n"); !strings.Contains(evs, "Warning OutputFailed") || !strings.Contains(evs, "Normal Issued") {
+		t.Errorf("events: got %q, want OutputFailed and Issued", evs)
+	}
+	if _, err := f.sync(t, "ns/shop-tls"); err != nil {
+		t.Fatal(err)
+	}
+	if len(second.serials) != 1 {
+		t.Errorf("outputs told on a sync that ordered nothing: got %v, want once in all", second.serials)
 	}
 }
