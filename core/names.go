@@ -62,6 +62,9 @@ const (
 	// issuer the certificate was asked of; on an account key Secret, the
 	// directory the account is at.
 	AnnotationDirectory = AnnotationPrefix + "directory"
+	// AnnotationSignedBy records the identity of the CA that signed the
+	// certificate: the issuer asked of, or the one it fell back to.
+	AnnotationSignedBy = AnnotationPrefix + "signed-by"
 	// AnnotationSecretKeys records the keys beyond tls.crt and tls.key that
 	// the Secret was written with (see Options.SecretKeys), so that a change
 	// of the keys asked for is seen from the cache.

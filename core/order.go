@@ -60,6 +60,10 @@ type Order struct {
 	Resumed bool
 	// Replacing tells that the CA took it as a replacement of OrderRequest.Replaces.
 	Replacing bool
+	// SignedBy is the identity of the CA the order was placed with when that
+	// is not the issuer asked of (an issuer that falls back to another CA);
+	// "" for the issuer asked of.
+	SignedBy string
 }
 
 // RenewalWindow is the CA's renewal information (ARI) for one certificate.
@@ -91,6 +95,8 @@ type Certificate struct {
 	// Issuer and Directory are the name and the identity of the issuer the
 	// certificate was asked of (see Stored).
 	Issuer, Directory string
+	// SignedBy is the identity of the CA that signed it.
+	SignedBy string
 }
 
 // Stored is what a certificate Secret of ours holds and records, as far as

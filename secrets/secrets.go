@@ -182,8 +182,8 @@ func DecodeChain(data []byte) ([]*x509.Certificate, error) {
 
 // Build returns the kubernetes.io/tls Secret namespace/name holding cert,
 // labelled as ours and annotated with its hosts, expiry, serial, key type, the
-// issuer it was asked of (name and identity) and the profile it was ordered
-// with. Its data are tls.crt (the chain, leaf first) and tls.key, and the
+// issuer it was asked of (name and identity), the CA that signed it and the
+// profile it was ordered with. Its data are tls.crt (the chain, leaf first) and tls.key, and the
 // extra keys of secretKeys (see core.Options.SecretKeys), which it records.
 func Build(namespace, name string, cert core.Certificate, profile, secretKeys string) (*corev1.Secret, error) {
 	chain, err := DecodeChain(cert.ChainPEM)
@@ -205,6 +205,7 @@ func Build(namespace, name string, cert core.Certificate, profile, secretKeys st
 		core.AnnotationKeyType:   string(keyTypeOf(cert.Key.Public())),
 		core.AnnotationIssuer:    cert.Issuer,
 		core.AnnotationDirectory: cert.Directory,
+		core.AnnotationSignedBy:  cert.SignedBy,
 		core.AnnotationProfile:   profile,
 		// Always written: an update keeps the annotations it does not write.
 		core.AnnotationSecretKeys: secretKeys,

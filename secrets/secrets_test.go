@@ -386,11 +386,11 @@ func TestBuild(t *testing.T) {
 		t.Errorf("got labels %v, want the Secret owned", sec.Labels)
 	}
 	wantAnn := map[string]string{
-		core.AnnotationHosts:        "a.example.com,b.example.com",
-		core.AnnotationNotAfter:     notAfter.UTC().Format(time.RFC3339),
-		core.AnnotationSerial:       "beef42",
-		core.AnnotationKeyType: string(core.RSA2048),
-		core.AnnotationDirectory:    "https://ca.example/dir",
+		core.AnnotationHosts:     "a.example.com,b.example.com",
+		core.AnnotationNotAfter:  notAfter.UTC().Format(time.RFC3339),
+		core.AnnotationSerial:    "beef42",
+		core.AnnotationKeyType:   string(core.RSA2048),
+		core.AnnotationDirectory: "https://ca.example/dir",
 	}
 	for k, want := range wantAnn {
 		if got := sec.Annotations[k]; got != want {

@@ -143,7 +143,8 @@ func (s *Store) Rewrite(ctx context.Context, current *corev1.Secret, req core.Re
 		return fmt.Errorf("rewrite secret %s/%s: %w", req.Namespace, req.Secret, err)
 	}
 	cert := core.Certificate{ChainPEM: full.Data[corev1.TLSCertKey], Key: key,
-		Issuer: full.Annotations[core.AnnotationIssuer], Directory: full.Annotations[core.AnnotationDirectory]}
+		Issuer: full.Annotations[core.AnnotationIssuer], Directory: full.Annotations[core.AnnotationDirectory],
+		SignedBy: full.Annotations[core.AnnotationSignedBy]}
 	desired, err := Build(req.Namespace, req.Secret, cert, full.Annotations[core.AnnotationProfile], req.Options.SecretKeys)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -177,7 +178,8 @@ func (o *order) finalize(ctx context.Context) error {
 
 // store is step 6: the Secret holds the certificate; then the outputs run.
 func (o *order) store(ctx context.Context) error {
-	cert := core.Certificate{ChainPEM: o.chain, Key: o.privKey, Issuer: o.w.req.Options.Issuer, Directory: o.w.issuer.Identity()}
+	cert := core.Certificate{ChainPEM: o.chain, Key: o.privKey, Issuer: o.w.req.Options.Issuer,
+		Directory: o.w.issuer.Identity(), SignedBy: cmp.Or(o.placed.SignedBy, o.w.issuer.Identity())}
 	leaf, err := o.c.cfg.Secrets.Write(ctx, o.current, o.w.req, cert)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -21,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -173,7 +175,10 @@ const defaultIssuer = "default"
 func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	t.Helper()
 	client := fake.NewClientset(objs...)
-	client.PrependReactor("update", "ingresses", optimisticConcurrency(client))
+	for _, verb := range []string{"create", "update"} {
+		client.PrependReactor(verb, "ingresses", resourceVersions(client))
+		client.PrependReactor(verb, "secrets", resourceVersions(client))
+	}
 	f := &fixture{client: client, issuer: &fakeIssuer{t: t, client: client}, chals: &fakeChallenges{live: map[string]string{}},
 		recorder: record.NewFakeRecorder(100)}
 	factory := informers.NewSharedInformerFactory(client, 0)
@@ -209,21 +214,29 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	return f
 }
 
-// optimisticConcurrency makes the fake API server do what the real one does
-// on an Ingress update: refuse a stale resourceVersion with a conflict, and
-// move it on with each write (which the informers then see).
-func optimisticConcurrency(client *fake.Clientset) k8stesting.ReactionFunc {
+// resourceVersions makes the fake API server do what the real one does with
+// resourceVersions: set one on create, refuse a stale one on update with a
+// conflict, and move it on with each write (which the informers then see).
+func resourceVersions(client *fake.Clientset) k8stesting.ReactionFunc {
 	return func(action k8stesting.Action) (bool, runtime.Object, error) {
-		ing := action.(k8stesting.UpdateAction).GetObject().(*networkingv1.Ingress)
-		cur, err := client.Tracker().Get(action.GetResource(), ing.Namespace, ing.Name)
+		obj, err := meta.Accessor(action.(interface{ GetObject() runtime.Object }).GetObject())
+		if err != nil {
+			return false, nil, nil
+		}
+		if action.GetVerb() == "create" {
+			obj.SetResourceVersion(cmp.Or(obj.GetResourceVersion(), "1"))
+			return false, nil, nil
+		}
+		cur, err := client.Tracker().Get(action.GetResource(), obj.GetNamespace(), obj.GetName())
 		if err != nil {
 			return false, nil, nil // the tracker answers NotFound
 		}
-		rv, _ := strconv.Atoi(cur.(*networkingv1.Ingress).ResourceVersion)
-		if ing.ResourceVersion != strconv.Itoa(rv) {
-			return true, nil, apierrors.NewConflict(action.GetResource().GroupResource(), ing.Name, errors.New("the object has been modified"))
+		curMeta, _ := meta.Accessor(cur)
+		if obj.GetResourceVersion() != curMeta.GetResourceVersion() {
+			return true, nil, apierrors.NewConflict(action.GetResource().GroupResource(), obj.GetName(), errors.New("the object has been modified"))
 		}
-		ing.ResourceVersion = strconv.Itoa(rv + 1)
+		rv, _ := strconv.Atoi(curMeta.GetResourceVersion())
+		obj.SetResourceVersion(strconv.Itoa(rv + 1))
 		return false, nil, nil
 	}
 }
@@ -256,7 +269,7 @@ func (f *fixture) waitCaches(t *testing.T) {
 		secs, _ := f.client.CoreV1().Secrets("").List(context.Background(), metav1.ListOptions{LabelSelector: core.Selector})
 		cachedIngs, _ := f.ings.List(labelsEverything())
 		cachedSecs, _ := f.c.secretLister.List(labelsEverything())
-		if sameVersions(ings.Items, cachedIngs) && len(secs.Items) == len(cachedSecs) {
+		if sameVersions(ings.Items, cachedIngs) && sameSecrets(secs.Items, cachedSecs) {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -264,8 +277,8 @@ func (f *fixture) waitCaches(t *testing.T) {
 	t.Fatal("caches did not catch up")
 }
 
-// sameVersions reports whether the cache holds what the API holds (the fake
-// API server does not move resourceVersions on update: compare what sync reads).
+// sameVersions reports whether the cache holds the Ingresses the API holds, at
+// their versions and with what sync reads.
 func sameVersions(api []networkingv1.Ingress, cached []*networkingv1.Ingress) bool {
 	if len(api) != len(cached) {
 		return false
@@ -277,6 +290,24 @@ func sameVersions(api []networkingv1.Ingress, cached []*networkingv1.Ingress) bo
 	for _, i := range api {
 		c := byName[i.Name]
 		if c == nil || c.ResourceVersion != i.ResourceVersion || !maps.Equal(c.Annotations, i.Annotations) || !equality.Semantic.DeepEqual(c.Spec, i.Spec) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameSecrets reports whether the cache holds the Secrets the API holds, at
+// their versions.
+func sameSecrets(api []corev1.Secret, cached []*corev1.Secret) bool {
+	if len(api) != len(cached) {
+		return false
+	}
+	versions := map[string]string{}
+	for _, s := range cached {
+		versions[s.Name] = s.ResourceVersion
+	}
+	for _, s := range api {
+		if versions[s.Name] != s.ResourceVersion {
 			return false
 		}
 	}
