@@ -78,9 +78,12 @@ type Solver interface {
 // *core.RetryAfterError; the controller then backs off at least that long.
 //
 // A CA without challenges (an internal CA) fits as it is: its orders have no
-// Challenges, Validate returns at once and Finalize signs. Revocation gets its
-// method (Revoke(ctx, cert, reason)) with the first caller, revocation on
-// request; a fallback CA is an Issuer that tries others in turn.
+// Challenges, Validate returns at once and Finalize signs. A fallback CA is an
+// Issuer that tries others in turn and says which signed (Order.SignedBy).
+// Revocation needs no method here: it is not a step of an order, so a leaf
+// of its own revokes through an interface it declares (the ACME client gains
+// Revoke then), and a certificate recorded as revoked is one Secrets.Read
+// refuses, which the engine re-issues as unusable.
 type Issuer interface {
 	// Order places an order for req, or continues req.Resume while the CA can
 	// still finish it (pending or ready, or finalized with the key OrderKey
