@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 IMAGE    ?= ingress-acme:$(VERSION)
 BIN      := bin/ingress-acme
-UNIT_PKGS := . ./core/... ./acme/... ./secrets/... ./solver/... ./watcher/... ./metrics/...
+UNIT_PKGS := . ./core/... ./acme/... ./secrets/... ./solver/... ./watcher/... ./metrics/... ./internal/...
 # Fuzz targets run briefly in `make test`; `make fuzz FUZZTIME=5m` runs them longer.
 FUZZTIME ?= 5s
 FUZZ_TARGETS := watcher/ingress:FuzzParseOptions watcher/ingress:FuzzValidateHost solver/ingress:FuzzJournal solver:FuzzChallengeServer

@@ -22,8 +22,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -34,6 +34,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/ingress-acme/ingress-acme/core"
+	"github.com/ingress-acme/ingress-acme/internal/testfx"
 	"github.com/ingress-acme/ingress-acme/metrics"
 	"github.com/ingress-acme/ingress-acme/secrets"
 	ingresssolver "github.com/ingress-acme/ingress-acme/solver/ingress"
@@ -127,25 +128,6 @@ func selfSigned(t *testing.T, hosts []string, key crypto.Signer, notBefore, notA
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
-// fakeChallenges records presented tokens.
-type fakeChallenges struct {
-	// mu guards live.
-	mu   sync.Mutex
-	live map[string]string
-}
-
-func (f *fakeChallenges) Present(_, token, keyAuth string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.live[token] = keyAuth
-}
-
-func (f *fakeChallenges) Remove(token string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.live, token)
-}
-
 type fakeSolver struct{}
 
 func (fakeSolver) Ensure(context.Context, string) error { return nil }
@@ -160,7 +142,7 @@ type fixture struct {
 	c        *Controller
 	client   *fake.Clientset
 	issuer   *fakeIssuer
-	chals    *fakeChallenges
+	chals    *testfx.Challenges
 	recorder *record.FakeRecorder
 	ings     networkinglisters.IngressLister
 	last     result // of the last sync
@@ -179,7 +161,7 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 		client.PrependReactor(verb, "ingresses", resourceVersions(client))
 		client.PrependReactor(verb, "secrets", resourceVersions(client))
 	}
-	f := &fixture{client: client, issuer: &fakeIssuer{t: t, client: client}, chals: &fakeChallenges{live: map[string]string{}},
+	f := &fixture{client: client, issuer: &fakeIssuer{t: t, client: client}, chals: testfx.NewChallenges(),
 		recorder: record.NewFakeRecorder(100)}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	ingInformer := factory.Networking().V1().Ingresses()
@@ -541,21 +523,8 @@ func TestSyncRenewsInsideARIWindow(t *testing.T) {
 
 func labelsEverything() labels.Selector { return labels.Everything() }
 
-// waitLive waits until the challenge server answers exactly want (token ->
-// key authorization).
+// waitLive waits until the challenge server answers exactly want.
 func (f *fixture) waitLive(t *testing.T, want map[string]string, what string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		f.chals.mu.Lock()
-		got := maps.Clone(f.chals.live)
-		f.chals.mu.Unlock()
-		if maps.Equal(got, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: challenge server answers %v, want %v", what, got, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	f.chals.WaitLive(t, want, what)
 }

@@ -2,11 +2,8 @@ package ingress
 
 import (
 	"context"
-	"maps"
 	"slices"
-	"sync"
 	"testing"
-	"time"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -15,54 +12,16 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/ingress-acme/ingress-acme/core"
+	"github.com/ingress-acme/ingress-acme/internal/testfx"
 )
 
-// fxIngress is an opted-in Ingress in namespace "ns" with a rule for each host,
-// each routing "/" to the user's Service "web".
-func fxIngress(name string, ruleHosts ...string) *networkingv1.Ingress {
-	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{
-		Namespace:   "ns",
-		Name:        name,
-		Annotations: map[string]string{core.AnnotationTLSACME: "true"},
-	}}
-	for _, h := range ruleHosts {
-		ing.Spec.Rules = append(ing.Spec.Rules, fxRule(h, "/"))
-	}
-	return ing
-}
-
-// fxRule is a rule for host routing each of paths (Prefix) to Service "web".
-func fxRule(host string, paths ...string) networkingv1.IngressRule {
-	pt := networkingv1.PathTypePrefix
-	r := networkingv1.IngressRule{Host: host, IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{}}}
-	for _, p := range paths {
-		r.HTTP.Paths = append(r.HTTP.Paths, networkingv1.HTTPIngressPath{
-			Path:     p,
-			PathType: &pt,
-			Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
-				Name: "web", Port: networkingv1.ServiceBackendPort{Number: 80},
-			}},
-		})
-	}
-	return r
-}
-
-// fxTLS adds a spec.tls entry.
-func fxTLS(ing *networkingv1.Ingress, secret string, hosts ...string) *networkingv1.Ingress {
-	ing.Spec.TLS = append(ing.Spec.TLS, networkingv1.IngressTLS{SecretName: secret, Hosts: hosts})
-	return ing
-}
-
-// fxAnnotate sets annotations, given as key, value pairs.
-func fxAnnotate(ing *networkingv1.Ingress, kv ...string) *networkingv1.Ingress {
-	if ing.Annotations == nil {
-		ing.Annotations = map[string]string{}
-	}
-	for i := 0; i+1 < len(kv); i += 2 {
-		ing.Annotations[kv[i]] = kv[i+1]
-	}
-	return ing
-}
+// The shared fixtures (see testfx), by the names these tests use.
+var (
+	fxIngress  = testfx.Ingress
+	fxRule     = testfx.Rule
+	fxTLS      = testfx.TLS
+	fxAnnotate = testfx.Annotate
+)
 
 func fxPtr[T any](v T) *T { return &v }
 
@@ -78,25 +37,6 @@ func (fakeIngresses) Specs(ing *networkingv1.Ingress) []string {
 	return keys
 }
 
-// fakeChallenges records presented tokens.
-type fakeChallenges struct {
-	// mu guards live.
-	mu   sync.Mutex
-	live map[string]string
-}
-
-func (f *fakeChallenges) Present(_, token, keyAuth string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.live[token] = keyAuth
-}
-
-func (f *fakeChallenges) Remove(token string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.live, token)
-}
-
 type fakeService struct{}
 
 func (fakeService) Ensure(context.Context, string) error { return nil }
@@ -110,7 +50,7 @@ func (fakeSelfCheck) Check(context.Context, string, string, string) error { retu
 // fixture is a Solver watching Ingresses on a fake API server.
 type fixture struct {
 	client *fake.Clientset
-	chals  *fakeChallenges
+	chals  *testfx.Challenges
 }
 
 func newFixture(t *testing.T, objs ...*networkingv1.Ingress) *fixture {
@@ -121,7 +61,7 @@ func newFixture(t *testing.T, objs ...*networkingv1.Ingress) *fixture {
 			t.Fatal(err)
 		}
 	}
-	f := &fixture{client: client, chals: &fakeChallenges{live: map[string]string{}}}
+	f := &fixture{client: client, chals: testfx.NewChallenges()}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	inf := factory.Networking().V1().Ingresses()
 	s, err := New(Config{Informer: inf, Ingresses: fakeIngresses{}, Challenges: f.chals, Service: fakeService{},
@@ -139,23 +79,10 @@ func newFixture(t *testing.T, objs ...*networkingv1.Ingress) *fixture {
 	return f
 }
 
-// waitLive waits until the challenge server answers exactly want (token ->
-// key authorization).
+// waitLive waits until the challenge server answers exactly want.
 func (f *fixture) waitLive(t *testing.T, want map[string]string, what string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		f.chals.mu.Lock()
-		got := maps.Clone(f.chals.live)
-		f.chals.mu.Unlock()
-		if maps.Equal(got, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: challenge server answers %v, want %v", what, got, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	f.chals.WaitLive(t, want, what)
 }
 
 func journalled(entries ...Entry) *networkingv1.Ingress {

@@ -9,54 +9,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ingress-acme/ingress-acme/core"
+	"github.com/ingress-acme/ingress-acme/internal/testfx"
 )
 
-// fxIngress is an opted-in Ingress in namespace "ns" with a rule for each host,
-// each routing "/" to the user's Service "web".
-func fxIngress(name string, ruleHosts ...string) *networkingv1.Ingress {
-	ing := &networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{
-		Namespace:   "ns",
-		Name:        name,
-		Annotations: map[string]string{core.AnnotationTLSACME: "true"},
-	}}
-	for _, h := range ruleHosts {
-		ing.Spec.Rules = append(ing.Spec.Rules, fxRule(h, "/"))
-	}
-	return ing
-}
-
-// fxRule is a rule for host routing each of paths (Prefix) to Service "web".
-func fxRule(host string, paths ...string) networkingv1.IngressRule {
-	pt := networkingv1.PathTypePrefix
-	r := networkingv1.IngressRule{Host: host, IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{}}}
-	for _, p := range paths {
-		r.HTTP.Paths = append(r.HTTP.Paths, networkingv1.HTTPIngressPath{
-			Path:     p,
-			PathType: &pt,
-			Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
-				Name: "web", Port: networkingv1.ServiceBackendPort{Number: 80},
-			}},
-		})
-	}
-	return r
-}
-
-// fxTLS adds a spec.tls entry.
-func fxTLS(ing *networkingv1.Ingress, secret string, hosts ...string) *networkingv1.Ingress {
-	ing.Spec.TLS = append(ing.Spec.TLS, networkingv1.IngressTLS{SecretName: secret, Hosts: hosts})
-	return ing
-}
-
-// fxAnnotate sets annotations, given as key, value pairs.
-func fxAnnotate(ing *networkingv1.Ingress, kv ...string) *networkingv1.Ingress {
-	if ing.Annotations == nil {
-		ing.Annotations = map[string]string{}
-	}
-	for i := 0; i+1 < len(kv); i += 2 {
-		ing.Annotations[kv[i]] = kv[i+1]
-	}
-	return ing
-}
+// The shared fixtures (see testfx), by the names these tests use.
+var (
+	fxIngress  = testfx.Ingress
+	fxRule     = testfx.Rule
+	fxTLS      = testfx.TLS
+	fxAnnotate = testfx.Annotate
+)
 
 func TestOptedIn(t *testing.T) {
 	tests := []struct {
