@@ -123,7 +123,8 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	services := solver.NewServices(client, cfg.SolverService, solver.Endpoint{
 		Address: cfg.SolverAddress, AddressType: discoveryv1.AddressType(cfg.SolverAddressType), Port: solverPort,
 	})
-	events := record.NewBroadcaster(record.WithContext(ctx))
+	// Events outlive ctx until run returns: orders cleaning up after a stop still tell.
+	events := record.NewBroadcaster(record.WithContext(context.WithoutCancel(ctx)))
 	events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	defer events.Shutdown()
 	recorder := events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ingress-acme"})
@@ -215,11 +216,15 @@ func newIssuer(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logg
 // defaultIssuer is the name of the issuer --acme-directory configures.
 const defaultIssuer = "default"
 
+// resync is every informer's resync period: a safety net, the queue's
+// schedule does the work.
+const resync = 10 * time.Hour
+
 // newController wires the engine to its concrete parts: the Ingress source,
 // the HTTP-01 solver through Ingresses, the ACME issuer, the Secret store.
 func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, logger *slog.Logger, recorder record.EventRecorder,
 	issuer watcher.Issuer, challenges *solver.Server, services *solver.Services) (*watcher.Controller, error) {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 10*time.Hour, informers.WithNamespace(cfg.Namespace))
+	factory := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithNamespace(cfg.Namespace))
 	ingInformer := factory.Networking().V1().Ingresses()
 	source, err := ingresssource.New(ingresssource.Config{Client: client, Informer: ingInformer, Recorder: recorder, Metrics: m, Logger: logger})
 	if err != nil {
@@ -253,7 +258,7 @@ func newController(cfg Config, client kubernetes.Interface, m *metrics.Metrics, 
 		MaxOrdersPerHour:  cfg.MaxOrdersPerHour,
 		RetryBase:         cfg.RetryBase,
 		RetryMax:          cfg.RetryMax,
-		Resync:            10 * time.Hour,
+		Resync:            resync,
 		AtStep:            func(s watcher.Step) { cfg.atStep(string(s)) },
 	})
 }
