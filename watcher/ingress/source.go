@@ -111,13 +111,13 @@ func (s *Source) Watch(queue func(key string)) (cache.InformerSynced, error) {
 // changed wakes whoever waits for the Ingress (see Changed), then queues the
 // certificates it and old (nil for none) ask for.
 func (s *Source) changed(old, obj any, queue func(string)) {
-	ing, ok := AsIngress(obj)
+	ing, ok := asIngress(obj)
 	if !ok {
 		return
 	}
 	s.changes.fire(ing.Namespace + "/" + ing.Name)
 	var keys []string
-	if prev, ok := AsIngress(old); ok {
+	if prev, ok := asIngress(old); ok {
 		if prev.ResourceVersion == ing.ResourceVersion || sameForUs(prev, ing) {
 			return
 		}
@@ -131,7 +131,7 @@ func (s *Source) changed(old, obj any, queue func(string)) {
 // deleted queues what the deleted Ingress asked for and drops what is
 // recorded about it alone.
 func (s *Source) deleted(obj any, queue func(string)) {
-	ing, ok := AsIngress(obj)
+	ing, ok := asIngress(obj)
 	if !ok {
 		return
 	}
@@ -148,8 +148,8 @@ func sameForUs(a, b *networkingv1.Ingress) bool {
 	return maps.Equal(a.Annotations, b.Annotations) && equality.Semantic.DeepEqual(a.Spec, b.Spec)
 }
 
-// AsIngress is obj as an Ingress, also from a deletion's last known state.
-func AsIngress(obj any) (*networkingv1.Ingress, bool) {
+// asIngress is obj as an Ingress, also from a deletion's last known state.
+func asIngress(obj any) (*networkingv1.Ingress, bool) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
@@ -226,10 +226,6 @@ func (s *Source) Event(obj core.Ref, eventType, reason, message string) {
 		s.cfg.Recorder.Event(ing, eventType, reason, message)
 	}
 }
-
-// Keys are the keys (namespace/secret) of the certificates ing asks for, or
-// with a malformed opt-in value would ask for; none when it has not opted in.
-func (s *Source) Keys(ing *networkingv1.Ingress) []string { return certKeys(ing) }
 
 // Specs are the keys of every certificate ing would ask for if it opted in.
 func (s *Source) Specs(ing *networkingv1.Ingress) []string {
