@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ingress-acme/ingress-acme/acme"
+	"github.com/ingress-acme/ingress-acme/core"
 )
 
 // Config is every setting of the controller, filled from flags (each with an
@@ -23,6 +24,7 @@ type Config struct {
 	ACMEEmail           string
 	ACMECABundle        string
 	ACMEProfile         string
+	DefaultChallenge    string
 	EABKeyID            string
 	EABHMAC             string
 	Namespace           string
@@ -132,6 +134,7 @@ func addSolverFlags(fs *pflag.FlagSet, c *Config) {
 	fs.Int32Var(&c.SolverPort, "solver-port", 0, "port the solver EndpointSlice advertises; 0: the challenge server's listen port")
 	fs.StringVar(&c.SolverService, "solver-service", "ingress-acme-solver", "name of the solver Service and EndpointSlice created in each namespace with challenges")
 	fs.StringVar(&c.SolverPeersService, "solver-peers-service", "", "Service in --controller-namespace that selects every replica (Kubernetes keeps its EndpointSlices from their readiness): the solver EndpointSlices list its ready endpoints, so any replica answers a challenge; empty: this process's --solver-address alone")
+	fs.StringVar(&c.DefaultChallenge, "default-challenge", core.ChallengeHTTP01, "challenge type answered when an object names none (annotation ingress-acme.io/challenge): http-01, dns-01 or dns-persist-01; a certificate with a wildcard host gets dns-01 instead of http-01")
 	fs.StringVar(&c.SelfCheckAddress, "self-check-address", "", "host:port to send self-checks to (the ingress controller's in-cluster HTTP address, with the Host header set), for clusters without hairpin NAT; empty: the host itself")
 	fs.DurationVar(&c.SelfCheckTimeout, "self-check-timeout", 2*time.Minute, "how long a challenge may take to answer through the ingress")
 }
@@ -230,6 +233,11 @@ func (c *Config) validateSolver() []error {
 	}
 	if err := c.resolveSolverAddressType(); err != nil {
 		errs = append(errs, err)
+	}
+	switch c.DefaultChallenge {
+	case core.ChallengeHTTP01, core.ChallengeDNS01, core.ChallengeDNSPersist01:
+	default:
+		errs = append(errs, fmt.Errorf("--default-challenge %q: want %s, %s or %s", c.DefaultChallenge, core.ChallengeHTTP01, core.ChallengeDNS01, core.ChallengeDNSPersist01))
 	}
 	return errs
 }

@@ -37,12 +37,17 @@ type Problem struct {
 	Message string
 }
 
-// The challenge types a request may ask for (RFC 8555 section 8; DNS-01 has
-// no solver yet).
+// The challenge types a request may ask for (RFC 8555 section 8, and
+// DNS-PERSIST-01: a persistent TXT record naming the CA and the account).
 const (
-	ChallengeHTTP01 = "http-01"
-	ChallengeDNS01  = "dns-01"
+	ChallengeHTTP01       = "http-01"
+	ChallengeDNS01        = "dns-01"
+	ChallengeDNSPersist01 = "dns-persist-01"
 )
+
+// Wildcard reports whether host is a wildcard ("*.example.com"), which only
+// a DNS challenge can validate.
+func Wildcard(host string) bool { return strings.HasPrefix(host, "*.") }
 
 // Options are what a request asks of its certificate besides its hosts. The
 // zero value of each field means the default. Options are comparable.
@@ -53,7 +58,9 @@ type Options struct {
 	Profile string
 	// KeyType is the certificate key's type.
 	KeyType KeyType
-	// Challenge is the challenge type to answer; "": ChallengeHTTP01.
+	// Challenge is the challenge type to answer; "": the engine's default
+	// (ChallengeDNS01 for a certificate with a wildcard host when the default
+	// is ChallengeHTTP01).
 	Challenge string
 	// Present is how the challenge is presented, for the solver alone (for
 	// HTTP-01 through an Ingress: the path type); opaque to everyone else.

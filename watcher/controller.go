@@ -44,12 +44,16 @@ type Config struct {
 	Logger  *slog.Logger
 	// Informers are the sources' and solvers' informer factories: started with
 	// the engine's own (or by Follow), waited for, and stopped when Run returns.
-	Informers []informers.SharedInformerFactory
+	Informers []Informers
 
 	// DefaultProfile is the CA profile ordered when a request names none; ""
 	// leaves it to the CA.
 	DefaultProfile string
-	Workers        int
+	// DefaultChallenge is the challenge type answered when a request names
+	// none; "": core.ChallengeHTTP01. A certificate with a wildcard host gets
+	// core.ChallengeDNS01 instead of HTTP-01.
+	DefaultChallenge string
+	Workers          int
 	// RenewBefore is how long before expiry to renew when the CA offers no
 	// renewal information; 0: when a third of the lifetime remains.
 	RenewBefore time.Duration
@@ -83,7 +87,7 @@ type Controller struct {
 
 	secretLister corelisters.SecretLister
 	synced       []cache.InformerSynced // every handler has seen its informer's initial list
-	factories    []informers.SharedInformerFactory
+	factories    []Informers
 	queue        workqueue.TypedDelayingInterface[string]
 	flights      *flights      // orders in flight, run outside the workers
 	unjournalled chan struct{} // a slot per order between placing and journalling it (see placeAndPresent)

@@ -121,6 +121,16 @@ type Output interface {
 	Stored(ctx context.Context, req core.Request, cert *x509.Certificate) error
 }
 
+// Informers is a set of informers the engine starts and stops: a client-go
+// informer factory, or a leaf's own (one that starts its informers only once
+// their API exists).
+type Informers interface {
+	// Start starts the informers not started yet, until stop is closed.
+	Start(stop <-chan struct{})
+	// Shutdown waits for the informers Start started to stop.
+	Shutdown()
+}
+
 // Secrets reads and writes certificate Secrets.
 type Secrets interface {
 	// Get reads a Secret from the API server, nil when there is none.

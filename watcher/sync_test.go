@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/ingress-acme/ingress-acme/core"
@@ -178,7 +179,7 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	c, err := New(Config{
 		Client: client, Sources: []Source{src}, Solvers: []Solver{http01},
 		Issuers: map[string]Issuer{defaultIssuer: f.issuer}, DefaultIssuer: defaultIssuer,
-		Informers: []informers.SharedInformerFactory{factory}, Secrets: secrets.NewStore(client),
+		Informers: []Informers{factory}, Secrets: secrets.NewStore(client),
 		Metrics: m, MaxOrdersPerHour: 3,
 	})
 	if err != nil {
@@ -190,9 +191,7 @@ func newFixture(t *testing.T, objs ...runtime.Object) *fixture {
 	for _, fac := range c.factories {
 		fac.Start(ctx.Done())
 	}
-	for _, fac := range c.factories {
-		fac.WaitForCacheSync(ctx.Done())
-	}
+	cache.WaitForCacheSync(ctx.Done(), c.synced...)
 	return f
 }
 

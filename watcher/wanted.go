@@ -1,7 +1,9 @@
 package watcher
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 
 	"github.com/ingress-acme/ingress-acme/core"
 )
@@ -49,7 +51,7 @@ func (c *Controller) plug(w *wanted) {
 		o.Issuer = c.cfg.DefaultIssuer
 	}
 	if o.Challenge == "" {
-		o.Challenge = core.ChallengeHTTP01
+		o.Challenge = c.challenge(w.req.Hosts)
 	}
 	if w.issuer = c.cfg.Issuers[o.Issuer]; w.issuer == nil {
 		w.req.Problems = append(w.req.Problems, core.Problem{Object: firstAsker(w.req), Reason: "UnknownIssuer",
@@ -62,9 +64,22 @@ func (c *Controller) plug(w *wanted) {
 		}
 	}
 	if len(w.req.Problems) == 0 {
-		w.req.Problems = append(w.req.Problems, core.Problem{Object: firstAsker(w.req), Reason: "NoSolver",
-			Message: fmt.Sprintf("no way to present a %s challenge for certificate %s is configured", o.Challenge, w.req.Secret)})
+		msg := fmt.Sprintf("no way to present a %s challenge for certificate %s is configured", o.Challenge, w.req.Secret)
+		if slices.ContainsFunc(w.req.Hosts, core.Wildcard) {
+			msg += " (its wildcard hosts need a DNS challenge)"
+		}
+		w.req.Problems = append(w.req.Problems, core.Problem{Object: firstAsker(w.req), Reason: "NoSolver", Message: msg})
 	}
+}
+
+// challenge is the challenge type for a request with hosts that names none:
+// the configured default, or DNS-01 where HTTP-01 cannot validate a host.
+func (c *Controller) challenge(hosts []string) string {
+	d := cmp.Or(c.cfg.DefaultChallenge, core.ChallengeHTTP01)
+	if d == core.ChallengeHTTP01 && slices.ContainsFunc(hosts, core.Wildcard) {
+		return core.ChallengeDNS01
+	}
+	return d
 }
 
 func firstAsker(req core.Request) core.Ref {

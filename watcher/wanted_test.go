@@ -2,6 +2,7 @@ package watcher
 
 import (
 	"crypto/x509"
+	"strings"
 	"testing"
 
 	"k8s.io/client-go/tools/cache"
@@ -84,6 +85,47 @@ func TestWantPlugsIssuerAndSolver(t *testing.T) {
 	c := &Controller{cfg: withDefaults(Config{Sources: []Source{requestSource{}}})}
 	if _, ok := c.want("ns/other-tls"); ok {
 		t.Error("a key no source asks for: got a request, want none")
+	}
+}
+
+// A request that names no challenge gets the configured default, and DNS-01
+// when it has a wildcard host and the default is HTTP-01; one that names a
+// challenge keeps it; a wildcard nobody can present says why.
+func TestWantChallengeDefaults(t *testing.T) {
+	tests := []struct {
+		name, def, asked string
+		hosts            []string
+		want, problem    string
+	}{
+		{"http-01 by default", "", "", []string{"a.test"}, core.ChallengeHTTP01, ""},
+		{"wildcard gets dns-01", "", "", []string{"*.a.test", "a.test"}, core.ChallengeDNS01, ""},
+		{"configured default", core.ChallengeDNS01, "", []string{"a.test"}, core.ChallengeDNS01, ""},
+		{"persistent default covers wildcards", core.ChallengeDNSPersist01, "", []string{"*.a.test"}, core.ChallengeDNSPersist01, ""},
+		{"asked for stays", core.ChallengeDNS01, core.ChallengeHTTP01, []string{"a.test"}, core.ChallengeHTTP01, ""},
+		{"wildcard without dns", "", "", []string{"*.a.test"}, core.ChallengeDNS01, "wildcard hosts need a DNS challenge"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := core.Request{Namespace: "ns", Secret: "web-tls", Hosts: tt.hosts, Options: core.Options{Challenge: tt.asked}}
+			solvers := []Solver{typeSolver{typ: core.ChallengeHTTP01}, typeSolver{typ: core.ChallengeDNS01}, typeSolver{typ: core.ChallengeDNSPersist01}}
+			if tt.problem != "" {
+				solvers = solvers[:1]
+			}
+			c := &Controller{cfg: withDefaults(Config{Sources: []Source{requestSource{reqs: map[string]core.Request{"ns/web-tls": req}}},
+				Solvers: solvers, Issuers: map[string]Issuer{"default": namedIssuer{id: "https://ca.test/dir"}},
+				DefaultIssuer: "default", DefaultChallenge: tt.def})}
+			w, _ := c.want("ns/web-tls")
+			if w.req.Options.Challenge != tt.want {
+				t.Errorf("challenge: got %q, want %q", w.req.Options.Challenge, tt.want)
+			}
+			var msgs []string
+			for _, p := range w.req.Problems {
+				msgs = append(msgs, p.Message)
+			}
+			if tt.problem == "" && len(msgs) != 0 || tt.problem != "" && (len(msgs) != 1 || !strings.Contains(msgs[0], tt.problem)) {
+				t.Errorf("problems: got %q, want one saying %q", msgs, tt.problem)
+			}
+		})
 	}
 }
 
