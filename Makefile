@@ -55,15 +55,13 @@ test: tools lint unit fuzz check-image-build e2e ## everything: lint, unit (-rac
 demo: tools ## bring up the testbed, run the controller, issue a certificate for a sample Ingress
 	$(GO) run ./e2e/cmd/demo
 
-bench: tools ## measure on the testbed (ONLY=latency,memory,thousand,restart10k,kills,unreachable,shortlived picks scenarios; all by default)
+bench: tools ## measure on the testbed (ONLY=latency,memory,thousand,restart10k,kills,unreachable,shortlived,image picks scenarios; all by default)
 	$(GO) run ./e2e/cmd/bench $(if $(ONLY),-only=$(ONLY))
 
-image: ## build the container image (needs a container engine)
-	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
-		docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) . ; \
-	else echo "no container engine here: run 'make image' where docker works"; exit 1; fi
+image: ## build the container image IMAGE (docker if it works, else buildah offline: make tools installs it)
+	VERSION=$(VERSION) hack/image.sh $(IMAGE)
 
-check-image-build: ## build the binary with the Dockerfile's own command and check it is static and versioned
+check-image-build: ## assemble the image's files with the Dockerfile's own script; check the binary is make build's, static, versioned
 	hack/check-image-build.sh
 
 clean: ## remove build output

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Runs the Dockerfile's own build command (no container engine needed) and checks
-# that it yields the same binary as `make build`, static and stamped with its version.
+# Assembles the image's file system with the Dockerfile's own script (no
+# container engine needed) and checks that its binary is the one `make build`
+# makes, static and stamped with its version, beside nothing but the CA
+# certificates and the passwd/group of user 65532.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmd=$(sed -n 's/^RUN \(CGO_ENABLED=0 go build .*\)$/\1/p' Dockerfile)
-[ -n "$cmd" ] || { echo "check-image-build: no 'RUN CGO_ENABLED=0 go build' line in Dockerfile" >&2; exit 1; }
+grep -qx 'RUN VERSION=${VERSION} hack/image-rootfs.sh /out/rootfs' Dockerfile ||
+	{ echo "check-image-build: the Dockerfile does not build with hack/image-rootfs.sh" >&2; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 VERSION=check-image-build
-(export VERSION; eval "${cmd//\/out\//$out/}")
+VERSION=$VERSION hack/image-rootfs.sh "$out/rootfs"
 make --no-print-directory build VERSION=$VERSION BIN="$out/make-build" >/dev/null
-if ! cmp -s "$out/ingress-acme" "$out/make-build"; then
-	echo "check-image-build: the Dockerfile's build and 'make build' differ" >&2; exit 1
+if ! cmp -s "$out/rootfs/ingress-acme" "$out/make-build"; then
+	echo "check-image-build: the image's binary and 'make build' differ" >&2; exit 1
 fi
-if ldd "$out/ingress-acme" >/dev/null 2>&1; then
+if ldd "$out/rootfs/ingress-acme" >/dev/null 2>&1; then
 	echo "check-image-build: the binary is dynamically linked" >&2; exit 1
 fi
-got=$("$out/ingress-acme" --version)
+got=$("$out/rootfs/ingress-acme" --version)
 [ "$got" = "$VERSION" ] || { echo "check-image-build: --version printed '$got', want '$VERSION'" >&2; exit 1; }
-echo "check-image-build: Dockerfile build == make build, static, version $got"
+files=$(cd "$out/rootfs" && find . -type f | sort | tr '\n' ' ')
+want='./etc/group ./etc/passwd ./etc/ssl/certs/ca-certificates.crt ./ingress-acme '
+[ "$files" = "$want" ] || { echo "check-image-build: the image holds '$files', want '$want'" >&2; exit 1; }
+echo "check-image-build: image binary == make build, static, version $got; files: $files"

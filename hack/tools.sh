@@ -197,5 +197,8 @@ install skipper "$SKIPPER_VERSION" build_skipper
 debian "prometheus, promtool" "command -v promtool && command -v prometheus" "promtool --version" prometheus
 # haproxy-ingress runs haproxy, whose Lua scripts need lua-json.
 debian "haproxy, lua-json" "command -v haproxy && dpkg-query -W -f='\${Status}' lua-json | grep -q 'ok installed'" "haproxy -v" haproxy lua-json
+# The image test builds the image with buildah and runs it with podman on runc
+# (crun, podman's default, refuses cgroups in hybrid mode).
+debian "podman, buildah, runc" "command -v podman && command -v buildah && command -v runc" "podman --version" podman buildah runc
 rm -rf "$CACHE/src"
 [ "$built" = 1 ] || log "all tools cached, nothing to do"

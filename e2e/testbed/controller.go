@@ -138,7 +138,9 @@ type ControllerOptions struct {
 // killed and started again; each run logs JSON to Dir/run-N.log. Its methods are
 // safe for concurrent use.
 type Controller struct {
-	Args          []string
+	Args []string
+	// Env is added to the process's environment (the test binary's).
+	Env           []string
 	MetricsAddr   string
 	ChallengeAddr string
 	Dir           string
@@ -212,7 +214,7 @@ func (c *Controller) Start() error {
 	}
 	cmd := exec.Command(c.Args[0], c.Args[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
+	cmd.Env = append(append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66"), c.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.spawn(cmd); err != nil {
 		c.mu.Unlock()

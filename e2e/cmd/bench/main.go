@@ -15,7 +15,7 @@
 // unreachable.go, renewal.go): 1,000 Ingresses at once; a restart with 10,000
 // valid certificates; SIGKILLs during 100 concurrent issuances; one good
 // Ingress behind unreachable ones; short-lived certificates renewed over a
-// fixed window. -only picks scenarios by name (comma-separated), e.g.
+// fixed window; the container image's size (image.go). -only picks scenarios by name (comma-separated), e.g.
 // `go run ./e2e/cmd/bench -only=restart10k`; by default all run.
 package main
 
@@ -189,6 +189,7 @@ var scenarios = []struct {
 	{"kills", (*bench).killsDuringIssuance},
 	{"unreachable", (*bench).unreachable},
 	{"shortlived", (*bench).shortLived},
+	{"image", (*bench).image},
 }
 
 var scenarioNames = func() []string {
